@@ -1,0 +1,3 @@
+from napari_cinema.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""Fine-tuning and pre-training pipeline, installed as ``napari_cinema.training``."""
