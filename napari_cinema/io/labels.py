@@ -55,7 +55,11 @@ def to_internal(labels: np.ndarray, convention: str, source: str | None = None) 
 def from_internal(labels: np.ndarray, convention: str) -> np.ndarray:
     """Remap internal labels to a dataset ``convention`` (inverse of :func:`to_internal`)."""
     inverse = {v: k for k, v in CONVENTIONS[convention].items()}
+    labels = np.asarray(labels)
+    extra = sorted(int(v) for v in np.unique(labels) if int(v) not in inverse)
+    if extra:
+        raise ValueError(f"label values {extra} are not part of the label map {LABEL_NAMES}")
     lut = np.zeros(max(inverse) + 1, dtype=np.uint8)
     for k, v in inverse.items():
         lut[k] = v
-    return lut[np.asarray(labels).astype(np.int64)]
+    return lut[labels.astype(np.int64)]

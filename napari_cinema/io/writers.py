@@ -1,0 +1,57 @@
+"""Writers for results: label maps as NIfTI, with atomic replace so a crash never leaves half a file."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+import nibabel as nib
+import numpy as np
+
+from .labels import from_internal
+
+
+@contextmanager
+def atomic_path(final: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``final``; on success it replaces ``final`` in one step.
+
+    The temporary keeps the final suffix (``.nii.gz``) so writers that pick a format by name work.
+    """
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    suffix = "".join(final.suffixes) or ".tmp"
+    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=suffix, dir=final.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        with open(tmp_path, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp_path, final)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def write_labels_nifti(path: str | Path, labels_tzyx: np.ndarray, affine: np.ndarray,
+                       frame_interval_ms: float | None = None, convention: str = "cinema") -> Path:
+    """Write (t, z, y, x) labels as a NIfTI (x, y, z, t) uint8 file in ``convention``."""
+    labels = np.asarray(labels_tzyx)
+    if labels.ndim == 3:
+        labels = labels[None]
+    if labels.ndim != 4:
+        raise ValueError(f"labels must be (t, z, y, x), got shape {labels.shape}")
+    data = np.transpose(from_internal(labels, convention), (3, 2, 1, 0))
+    img = nib.Nifti1Image(np.ascontiguousarray(data, dtype=np.uint8), np.asarray(affine, dtype=float))
+    img.header.set_xyzt_units("mm", "msec")
+    if frame_interval_ms:
+        zooms = list(img.header.get_zooms())
+        zooms[3] = float(frame_interval_ms)
+        img.header.set_zooms(zooms)
+    img.header.set_intent("label")
+    with atomic_path(path) as tmp:
+        nib.save(img, str(tmp))
+    return Path(path)
