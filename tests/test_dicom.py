@@ -581,3 +581,21 @@ def test_write_uses_spacing_when_the_affine_is_bare(tmp_path: Path) -> None:
     assert back.frame_times_ms is None  # no timing written, frames ordered by InstanceNumber
     np.testing.assert_allclose(back.affine, np.diag([1.25, 1.5, 10.0, 1.0]), atol=1e-6)
     np.testing.assert_array_equal(back.image, study.image)
+
+
+@pytest.mark.parametrize("syntax", ["RLELossless", "JPEG2000Lossless"])
+def test_compressed_transfer_syntaxes(tmp_path: Path, syntax: str) -> None:
+    """Hospital exports are often compressed; pixels must decode to the same values."""
+    import pydicom
+    import pydicom.uid
+
+    img = coded_image()
+    plain = tmp_path / "plain"
+    packed = tmp_path / "packed"
+    write_cine(plain, img)
+    packed.mkdir()
+    for p in sorted(plain.iterdir()):
+        ds = pydicom.dcmread(p)
+        ds.compress(getattr(pydicom.uid, syntax))
+        ds.save_as(packed / p.name)
+    np.testing.assert_array_equal(read_dicom_cine(packed).image, read_dicom_cine(plain).image)
