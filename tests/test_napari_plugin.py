@@ -80,3 +80,20 @@ def test_open_error_names_the_file(make_napari_viewer, tmp_path):
     bad.write_bytes(b"\x1f\x8b garbage")
     with pytest.raises(Exception, match="broken.nii.gz"):
         viewer.open(str(bad), plugin="napari-cinema")
+
+
+def test_open_dicom_cine_in_viewer(make_napari_viewer, shared_data):
+    viewer = make_napari_viewer()
+    folder = shared_data / "sunnybrook" / "SCD0000101" / "dicom"
+    (layer,) = viewer.open(str(folder), plugin="napari-cinema")
+    study = layer.metadata["cinema_study"]
+    assert layer.data.shape == (20, 12, 256, 256)
+    _assert_geometry(layer, study)
+    assert layer.scale[1] == pytest.approx(10.0) and layer.scale[2] == pytest.approx(1.3672, abs=1e-3)
+    assert 30 < layer.scale[0] < 45  # ms per frame from TriggerTime
+
+
+def test_open_scout_folder_explains_what_it_holds(make_napari_viewer, shared_data):
+    viewer = make_napari_viewer()
+    with pytest.raises(Exception, match="localiser"):
+        viewer.open(str(shared_data / "scout" / "SCD0000101"), plugin="napari-cinema")
