@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from .io.study import CineLoadError
+from .model.errors import ModelError
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -91,6 +92,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(handler=_cmd_info)
 
+    from .model import commands as model_commands
+
+    model_commands.register(sub)
+
     p = sub.add_parser("view", help="open napari with studies or the phantom sample")
     p.add_argument("paths", type=Path, nargs="*", help="studies to open")
     p.add_argument("--sample", choices=["sax", "lax_4c", "lax_2c"], help="open a phantom sample")
@@ -103,7 +108,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.handler(args) or 0)
-    except CineLoadError as exc:
+    except (CineLoadError, ModelError) as exc:
         print(f"napari-cinema {args.command}: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

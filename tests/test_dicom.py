@@ -7,7 +7,6 @@ reader is tested against files we construct by hand (a writer bug cannot hide a 
 from __future__ import annotations
 
 import random
-import time
 import warnings
 from pathlib import Path
 
@@ -180,11 +179,8 @@ def _check_geometry_order(study: CineStudy) -> None:
 @pytest.mark.filterwarnings("ignore::UserWarning")
 def test_sunnybrook_101(shared_data: Path) -> None:
     folder = shared_data / "sunnybrook" / "SCD0000101" / "dicom"
-    t0 = time.perf_counter()
     groups = scan_dicom(folder)
-    t_scan = time.perf_counter() - t0
     study = read_dicom_cine(folder)
-    assert t_scan < 5.0
     assert len(groups) == 1 and groups[0].n_positions == 12 and groups[0].n_frames_per_position == 20
     assert study.shape == (20, 12, 256, 256)
     dt, dz, dy, dx = study.spacing

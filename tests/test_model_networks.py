@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import time
 from pathlib import Path
 
 import numpy as np
@@ -153,9 +152,7 @@ def test_fast_forward_shapes(shared_spec, name):
     batch = 2
     if ref["class"] == "CineMA":
         inputs = {"sax": torch.rand(batch, 1, *SMALL_SAX), "lax_2c": torch.rand(batch, 1, *SMALL_LAX)}
-        start = time.perf_counter()
         loss, preds, masks, _ = model(inputs)
-        assert time.perf_counter() - start < 2.0
         assert loss.ndim == 0 and torch.isfinite(loss)
         for view, x in inputs.items():
             n_patches = math.prod(s // p for s, p in zip(x.shape[2:], model.patch_size_dict[view], strict=True))
@@ -173,10 +170,8 @@ def test_fast_forward_shapes(shared_spec, name):
     chans = ref["inputs"][view][1]
     spatial = SMALL_SAX if view == "sax" else SMALL_LAX
     x = torch.rand(batch, chans, *spatial)
-    start = time.perf_counter()
     with torch.no_grad():
         out = model({view: x})
-    assert time.perf_counter() - start < 2.0
     out_key = next(k for k in ref["state_dict"] if k.startswith("pred_head_dict.") and k.endswith(".weight"))
     n_out = ref["state_dict"][out_key][0]
     if ref["class"] == "ConvUNetR":

@@ -19,6 +19,8 @@ def atomic_path(final: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside ``final``; on success it replaces ``final`` in one step.
 
     The temporary keeps the final suffix (``.nii.gz``) so writers that pick a format by name work.
+    It is fsynced before the rename, so a crash or a full disk leaves either the old file or the new
+    one, never half of one.
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
@@ -34,6 +36,13 @@ def atomic_path(final: str | Path) -> Iterator[Path]:
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    """Write a text file atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return Path(path)
 
 
 def write_labels_nifti(path: str | Path, labels_tzyx: np.ndarray, affine: np.ndarray,

@@ -79,29 +79,34 @@ _DEFAULTS: dict[str, Any] = {
 # --------------------------------------------------------------------------------------------------
 
 
-def _to_plain(obj: Any) -> Any:
-    """Deep copy into plain dicts/lists (also accepts OmegaConf-like mappings)."""
+def to_plain(obj: Any) -> Any:
+    """Deep copy into plain dicts/lists/scalars, YAML- and JSON-safe (tuples -> lists, numpy -> Python,
+    paths -> str); also accepts OmegaConf-like mappings."""
     if isinstance(obj, Mapping):
-        return {str(k): _to_plain(v) for k, v in obj.items()}
+        return {str(k): to_plain(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_to_plain(v) for v in obj]
+        return [to_plain(v) for v in obj]
+    if isinstance(obj, Path):
+        return str(obj)
+    if hasattr(obj, "tolist") and callable(obj.tolist):  # numpy arrays and scalars
+        return obj.tolist()
     return copy.deepcopy(obj)
 
 
 def load_config(path_or_dict: str | Path | Mapping[str, Any]) -> dict[str, Any]:
     """A config as a plain nested dict, from a YAML file or a mapping (deep-copied)."""
     if isinstance(path_or_dict, Mapping):
-        return _to_plain(path_or_dict)
+        return to_plain(path_or_dict)
     with Path(path_or_dict).open(encoding="utf-8") as f:
         loaded = yaml.safe_load(f)
     if not isinstance(loaded, Mapping):
         raise ValueError(f"{path_or_dict}: a config must be a YAML mapping")
-    return _to_plain(loaded)
+    return to_plain(loaded)
 
 
 def apply_overrides(config: Mapping[str, Any], overrides: Mapping[str, Any] | None) -> dict[str, Any]:
     """A copy of ``config`` with dotted-key overrides applied, e.g. ``{'model.views': 'sax'}``."""
-    out = _to_plain(config)
+    out = to_plain(config)
     for key, value in (overrides or {}).items():
         parts = str(key).split(".")
         node = out
@@ -110,7 +115,7 @@ def apply_overrides(config: Mapping[str, Any], overrides: Mapping[str, Any] | No
             if not isinstance(child, dict):
                 child = node[part] = {}
             node = child
-        node[parts[-1]] = _to_plain(value)
+        node[parts[-1]] = to_plain(value)
     return out
 
 
