@@ -97,3 +97,25 @@ def test_open_scout_folder_explains_what_it_holds(make_napari_viewer, shared_dat
     viewer = make_napari_viewer()
     with pytest.raises(Exception, match="localiser"):
         viewer.open(str(shared_data / "scout" / "SCD0000101"), plugin="napari-cinema")
+
+
+@pytest.mark.parametrize("key, view", [("phantom_sax", "sax"), ("phantom_lax_4c", "lax_4c"), ("phantom_lax_2c", "lax_2c")])
+def test_samples_open_in_viewer(make_napari_viewer, key, view):
+    viewer = make_napari_viewer()
+    viewer.open_sample("napari-cinema", key)
+    image = viewer.layers[0]
+    study = image.metadata["cinema_study"]
+    assert study.view == view
+    _assert_geometry(image, study)
+    kinds = [layer.__class__.__name__ for layer in viewer.layers]
+    assert kinds[:2] == ["Image", "Labels"]
+    for layer in viewer.layers:
+        _assert_geometry(layer, study)
+    truth = image.metadata["truth"]
+    labels = viewer.layers[1].data
+    lv_ml = np.sum(labels[truth["ED_frame"]] == 3) * study.voxel_volume_ml
+    assert lv_ml == pytest.approx(truth["LVEDV_ml"], rel=0.01) if view == "sax" else lv_ml > 0
+    if view != "sax":
+        points = viewer.layers[2]
+        assert kinds[2] == "Points" and len(points.data) == 3 * study.n_frames
+        assert set(points.features["name"]) == {"mv_1", "mv_2", "apex"}

@@ -122,6 +122,10 @@ class CineStudy:
     @property
     def name(self) -> str:
         """A short name for layers and report folders."""
+        if self.dicom is not None:
+            # DICOM folders are often called 'dicom' or a number: the patient and series say more.
+            parts = [self.patient.patient_id or Path(self.source).name, self.description]
+            return " ".join(p for p in parts if p) or "cine"
         p = Path(self.source) if self.source else None
         if p is None:
             return "cine"
