@@ -92,9 +92,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(handler=_cmd_info)
 
+    from .analysis import commands as analysis_commands
     from .model import commands as model_commands
 
     model_commands.register(sub)
+    analysis_commands.register(sub)
 
     p = sub.add_parser("view", help="open napari with studies or the phantom sample")
     p.add_argument("paths", type=Path, nargs="*", help="studies to open")
