@@ -93,8 +93,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=_cmd_info)
 
     from .analysis import commands as analysis_commands
+    from .engine import commands as engine_commands
     from .model import commands as model_commands
 
+    engine_commands.register(sub)
     model_commands.register(sub)
     analysis_commands.register(sub)
 
