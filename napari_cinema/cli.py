@@ -95,10 +95,12 @@ def build_parser() -> argparse.ArgumentParser:
     from .analysis import commands as analysis_commands
     from .engine import commands as engine_commands
     from .model import commands as model_commands
+    from .training import commands as training_commands
 
     engine_commands.register(sub)
     model_commands.register(sub)
     analysis_commands.register(sub)
+    training_commands.register(sub)
 
     p = sub.add_parser("view", help="open napari with studies or the phantom sample")
     p.add_argument("paths", type=Path, nargs="*", help="studies to open")

@@ -1,0 +1,153 @@
+"""``evaluate``: dataset layouts, label conventions, metrics fields (DESIGN.md), the CLI twin."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from napari_cinema.training import commands
+from napari_cinema.training.evaluate import EvaluationError, evaluate, load_dataset
+
+PH = dict(frames=4, slices=4, matrix=48, pixel_mm=4.0, supersample=1)
+DESIGN_FIELDS = {"n_cases", "dice", "hd95_mm", "LVEF_mae_pct", "LVEDV_mae_ml", "LVESV_mae_ml", "per_case"}
+
+
+@pytest.fixture(autouse=True)
+def _isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("NAPARI_CINEMA_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture()
+def phantom_pair(tmp_path: Path) -> Path:
+    from napari_cinema.sample_data.phantom import write_phantom
+
+    out = tmp_path / "pairs"
+    write_phantom(out, view="sax", seed=3, **PH)
+    return out
+
+
+def oracle(rec):
+    return rec.labels
+
+
+def test_oracle_scores_perfectly_with_the_design_fields(phantom_pair: Path) -> None:
+    res = evaluate(phantom_pair, predict=oracle)
+    assert DESIGN_FIELDS <= set(res)
+    assert res["n_cases"] == 1
+    assert res["dice"] == {"LV": 1.0, "MYO": 1.0, "RV": 1.0, "mean": 1.0}
+    assert res["hd95_mm"] == {"LV": 0.0, "MYO": 0.0, "RV": 0.0, "mean": 0.0}
+    assert res["LVEF_mae_pct"] == 0.0 and res["LVEDV_mae_ml"] == 0.0 and res["LVESV_mae_ml"] == 0.0
+    row = res["per_case"][0]
+    assert row["LVEDV_ml"]["true"] > row["LVESV_ml"]["true"] > 0
+    assert [f["phase"] for f in row["frames"]].count("ED") == 1
+    json.dumps(res, allow_nan=False)  # never NaN
+
+
+def test_errors_are_measured_and_unlabelled_structures_left_out(phantom_pair: Path) -> None:
+    def shrink_lv(rec):
+        pred = rec.labels.copy()
+        pred[rec.es_frame][pred[rec.es_frame] == 3] = 2  # lose the LV at ES
+        return pred
+
+    res = evaluate(phantom_pair, predict=shrink_lv)
+    row = res["per_case"][0]
+    assert res["dice"]["LV"] < 1.0 and res["dice"]["RV"] == 1.0
+    assert res["LVESV_mae_ml"] == pytest.approx(row["LVESV_ml"]["true"])
+    assert res["LVEF_mae_pct"] == pytest.approx(100.0 - row["LVEF_pct"]["true"])  # predicted ESV 0: EF 100 %
+    json.dumps(res, allow_nan=False)
+
+
+def test_label_convention_override(tmp_path: Path) -> None:
+    img = np.random.default_rng(0).random((16, 16, 3)).astype(np.float32)
+    lab = np.zeros((16, 16, 3), np.uint8)
+    lab[2:6, 2:6] = 1  # M&Ms: 1 = LV cavity
+    lab[10:14, 10:14] = 3  # M&Ms: 3 = RV cavity
+    nib.save(nib.Nifti1Image(img, np.eye(4)), str(tmp_path / "case.nii.gz"))
+    nib.save(nib.Nifti1Image(lab, np.eye(4)), str(tmp_path / "case_gt.nii.gz"))
+    _, (rec,) = load_dataset(tmp_path, labels="mnms")
+    assert rec.labels[0, 0, 3, 3] == 3 and rec.labels[0, 0, 12, 12] == 1
+    _, (rec,) = load_dataset(tmp_path)
+    assert rec.labels[0, 0, 3, 3] == 1
+    lab[0, 0] = 9
+    nib.save(nib.Nifti1Image(lab, np.eye(4)), str(tmp_path / "case_gt.nii.gz"))
+    with pytest.raises(EvaluationError, match=r"label values \[9\]"):
+        load_dataset(tmp_path, labels="mnms")
+
+
+def test_correction_store_scores_original_against_final(tmp_path: Path) -> None:
+    from napari_cinema.sample_data.phantom import make_phantom
+
+    study, _ = make_phantom("sax", **PH)
+    case = tmp_path / "store" / "study1"
+    case.mkdir(parents=True)
+    aff = np.diag([4.0, 4.0, 10.0, 1.0])
+    xyzt = lambda a: np.ascontiguousarray(np.transpose(a, (3, 2, 1, 0)))  # noqa: E731
+    img = nib.Nifti1Image(xyzt(study.image), aff)
+    img.header.set_zooms((4.0, 4.0, 10.0, 40.0))
+    nib.save(img, str(case / "image.nii.gz"))
+    final = study.labels
+    original = final.copy()
+    original[study.ed_frame][original[study.ed_frame] == 1] = 0  # the model missed the RV at ED
+    nib.save(nib.Nifti1Image(xyzt(final), aff), str(case / "final.nii.gz"))
+    nib.save(nib.Nifti1Image(xyzt(original), aff), str(case / "original.nii.gz"))
+    (case / "provenance.json").write_text(json.dumps({"model_id": "m1", "edited_frames": [study.ed_frame,
+                                                                                          study.es_frame]}))
+    res = evaluate(tmp_path / "store")
+    assert res["layout"] == "store" and res["model"]["id"] == "m1" and res["n_cases"] == 1
+    assert res["dice"]["LV"] == 1.0 and res["dice"]["RV"] < 1.0
+    assert res["LVEF_mae_pct"] == 0.0 and res["RVEDV_mae_ml"] > 0
+
+
+def test_cli_with_a_model_file_and_run_folder(tmp_path: Path, phantom_pair: Path, capsys) -> None:
+    from napari_cinema.model.checkpoint import save_checkpoint
+    from napari_cinema.model.factory import build_model
+
+    cfg = {"task": "segmentation", "data": {"sax": {"patch_size": [32, 32], "spacing": [4.0, 4.0], "in_chans": 1}},
+           "model": {"name": "convunetr", "views": "sax", "out_chans": 4,
+                     "convunetr": {"size": "tiny", "enc_conv_chans": [8, 8], "enc_conv_n_blocks": 1,
+                                   "dec_chans": [8, 8, 8, 16, 16], "dec_n_blocks": 1}}}
+    torch.manual_seed(0)
+    save_checkpoint(build_model(cfg), tmp_path / "run" / "model.safetensors", config=cfg)
+    out = tmp_path / "eval.json"
+    rc = commands.main(["evaluate", str(phantom_pair), "--out", str(out), "--model", str(tmp_path / "run"),
+                        "--device", "cpu", "--quiet"])
+    assert rc == 0, capsys.readouterr().err
+    res = json.loads(out.read_text())
+    assert DESIGN_FIELDS <= set(res) and res["task"] == "segmentation" and res["n_cases"] == 1
+    assert set(res["dice"]) == {"LV", "MYO", "RV", "mean"} and set(res["hd95_mm"]) == {"LV", "MYO", "RV", "mean"}
+    assert res["model"]["sha256"] and "wrote" in capsys.readouterr().out
+    assert commands.main(["evaluate", str(phantom_pair), "--out", str(out), "--model", "no/such-model"]) == 2
+
+
+def test_acdc_volumes_match_the_reference_table(shared_data: Path, tmp_path: Path) -> None:
+    subset = tmp_path / "acdc"
+    subset.mkdir()
+    for pid in ("patient003", "patient088"):
+        (subset / pid).symlink_to(shared_data / "acdc" / pid)
+    res = evaluate(subset, predict=oracle)
+    assert res["layout"] == "acdc" and res["n_cases"] == 2 and res["dice"]["mean"] == 1.0
+    ref = {r["patient"]: r for r in csv.DictReader((shared_data / "acdc" / "reference_volumes.csv").open())}
+    for row in res["per_case"]:
+        assert row["LVEDV_ml"]["true"] == pytest.approx(float(ref[row["case"]]["LVEDV_ml"]), abs=0.1)
+        assert row["LVEF_pct"]["true"] == pytest.approx(float(ref[row["case"]]["LVEF_pct"]), abs=0.1)
+
+
+def test_sunnybrook_scores_only_what_is_contoured(shared_data: Path, tmp_path: Path) -> None:
+    (tmp_path / "sb").mkdir()
+    (tmp_path / "sb" / "SCD0000101").symlink_to(shared_data / "sunnybrook" / "SCD0000101")
+    res = evaluate(tmp_path / "sb", predict=lambda rec: np.where(rec.labels == 0, 1, rec.labels))  # RV everywhere
+    assert res["dice"]["LV"] == 1.0 and res["dice"]["MYO"] == 1.0
+    assert res["dice"]["RV"] is None and "dice.RV" in res["notes"]
+    assert res["LVEF_mae_pct"] == 0.0

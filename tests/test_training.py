@@ -1,0 +1,473 @@
+"""Training pipeline: datasets and label maps, tasks, losses, the loop (exact resume, graceful stop,
+disk-full safety, DDP on gloo), run folder, card, registration. Tiny models, a few steps each."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from napari_cinema.training import commands
+from napari_cinema.training.config import ConfigError, load_train_config
+from napari_cinema.training.datasets import (
+    ACDC_CLASSES,
+    DatasetError,
+    acdc_split,
+    load_source,
+    read_sunnybrook_patient,
+    split_file,
+)
+from napari_cinema.training.loop import (
+    EXIT_STOPPED,
+    DiskFullError,
+    load_last_checkpoint,
+    param_groups,
+    train,
+)
+from napari_cinema.training.tasks import EpochBatchSampler
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = REPO / "training" / "configs" / "tiny.yaml"
+PH = dict(frames=4, slices=4, matrix=48, pixel_mm=4.0, supersample=1)
+TINY_UNETR = {"size": "tiny", "enc_conv_chans": [8, 8], "enc_conv_n_blocks": 1, "dec_chans": [8, 8, 8, 16, 16],
+              "dec_n_blocks": 1}
+TINY_VIT = {"size": "tiny", "enc_conv_chans": [8, 8], "enc_conv_n_blocks": 1}
+
+
+@pytest.fixture(autouse=True)
+def _isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Runs and registered models go to tmp; no hub access."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("NAPARI_CINEMA_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
+    monkeypatch.delenv("NAPARI_CINEMA_DATA", raising=False)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models run fastest on one thread (and two threads on a shared 2-core runner can stall)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def tiny(**over) -> dict:
+    cfg = load_train_config(TINY)
+    cfg.pop("_source", None)
+    for key, value in over.items():
+        node = cfg
+        parts = key.split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+        node[parts[-1]] = value
+    return cfg
+
+
+def events(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def weights_of(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(path))
+
+
+# --------------------------------------------------------------------------------------------------
+# split, datasets, label maps
+# --------------------------------------------------------------------------------------------------
+
+
+def test_acdc_split_is_fixed_stratified_and_documented() -> None:
+    data = json.loads(split_file().read_text())
+    assert data["rule"] and data["n_val"] == 15 and data["n_train"] == 55
+    assert set(data["train"]).isdisjoint(data["val"])
+    for group, members in data["groups"].items():
+        assert group in ACDC_CLASSES
+        assert len([p for p in members if p in data["val"]]) == 3
+    assert acdc_split("val") == data["val"] and len(acdc_split("all")) == 70
+
+
+def test_real_datasets_load_with_explicit_label_maps(shared_data: Path) -> None:
+    val = load_source({"type": "acdc", "root": str(shared_data / "acdc"), "split": "val"})
+    assert sorted(r.case_id for r in val) == acdc_split("val")
+    r = val[0]
+    assert r.source_label_map == {0: "background", 1: "RV", 2: "MYO", 3: "LV"}
+    assert r.targets["pathology"] in ACDC_CLASSES and 0 < r.targets["ef"] < 100
+    train_ids = {r.case_id for r in load_source({"type": "acdc", "root": str(shared_data / "acdc"),
+                                                 "patients": ["patient001", "patient003"]})}
+    assert train_ids == {"patient001", "patient003"}
+
+    # M&Ms stores 1 = LV, 3 = RV: remapped so that the bright cavity labelled LV in the file is 3 here
+    import nibabel as nib
+
+    mnms = load_source({"type": "mnms", "root": str(shared_data / "mnms")})
+    assert len(mnms) == 3 and mnms[0].source_label_map[1] == "LV"
+    rec = mnms[0]
+    raw = np.asarray(nib.load(str(shared_data / "mnms" / f"{rec.case_id}_sa_ED_gt.nii.gz")).dataobj)
+    raw_tzyx = np.transpose(raw, (2, 1, 0))[None]
+    assert np.array_equal(rec.labels[0] == 3, raw_tzyx[0] == 1) and np.array_equal(rec.labels[0] == 1, raw_tzyx[0] == 3)
+
+    mnms2 = {r.view: r for r in load_source({"type": "mnms2", "root": str(shared_data / "mnms2")})}
+    assert set(mnms2) == {"sax", "lax_4c"}
+    lax = mnms2["lax_4c"]
+    assert lax.n_frames == 25 and lax.labelled_frames == (8, 23) and (lax.ed_frame, lax.es_frame) == (23, 8)
+
+
+def test_sunnybrook_contours_rasterise_to_lv_and_myo_with_rv_unlabelled(shared_data: Path) -> None:
+    rec = read_sunnybrook_patient(shared_data / "sunnybrook" / "SCD0000101")
+    assert rec.labelled_frames == (7, 18) and (rec.ed_frame, rec.es_frame) == (18, 7)
+    assert rec.frame_classes[18] == (0, 2, 3) and rec.frame_classes[7] == (0, 3)  # no RV; MYO only at ED
+    assert rec.valid[18].sum() == 9 and not rec.valid[0].any()
+    z = int(np.where(rec.valid[18])[0][4])
+    img, lab = rec.image[18, z], rec.labels[18, z]
+    assert img[lab == 3].mean() > 2 * img[lab == 2].mean()  # bright blood inside the i-contour, MYO darker
+    assert set(np.unique(rec.labels)) <= {0, 2, 3}
+    assert 10 < rec.ef_pct() < 50  # heart failure with infarct
+
+
+def test_bad_datasets_raise_clear_errors(tmp_path: Path) -> None:
+    import nibabel as nib
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(DatasetError, match="no usable cases"):
+        load_source({"type": "acdc", "root": str(empty)})
+    with pytest.raises(DatasetError, match="unknown data source type 'kaggle'"):
+        load_source({"type": "kaggle", "root": str(empty)})
+    with pytest.raises(DatasetError, match="does not exist"):
+        load_source({"type": "mnms", "root": str(tmp_path / "nowhere")})
+    # a correction store whose labels hold a value outside the label map
+    case = tmp_path / "store" / "case1"
+    case.mkdir(parents=True)
+    img = np.random.default_rng(0).random((16, 16, 2)).astype(np.float32)
+    lab = np.zeros((16, 16, 2), np.uint8)
+    lab[4:8, 4:8] = 7
+    nib.save(nib.Nifti1Image(img, np.eye(4)), str(case / "image.nii.gz"))
+    nib.save(nib.Nifti1Image(lab, np.eye(4)), str(case / "final.nii.gz"))
+    with pytest.raises(DatasetError, match=r"final\.nii\.gz: label values \[7\] are outside the label map"):
+        load_source({"type": "store", "root": str(tmp_path / "store")})
+    cfg = tiny(**{"data.train": [{"type": "store", "root": str(tmp_path / "store")}], "data.val": []})
+    with pytest.raises(DatasetError, match=r"data\.train\[0\].*label values \[7\]"):
+        train(cfg)
+    assert not (tmp_path / "runs" / "tiny" / "checkpoints").exists()
+
+
+def test_bad_configs_name_the_problem(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="unknown task 'segmentatoin'"):
+        load_train_config(tiny(task="segmentatoin"))
+    with pytest.raises(ConfigError, match="unknown model.name 'unet'"):
+        load_train_config(tiny(**{"model.name": "unet"}))
+    with pytest.raises(ConfigError, match="unknown size 'gigantic'"):
+        load_train_config(tiny(**{"model.convunetr.size": "gigantic"}))
+    with pytest.raises(ConfigError, match=r"unknown key\(s\) train\.epoch\b"):
+        load_train_config(tiny(**{"train.epoch": 3}))
+    with pytest.raises(ConfigError, match="trains a convvit model"):
+        load_train_config(tiny(task="regression"))
+    with pytest.raises(ConfigError, match="no such config file"):
+        load_train_config(tmp_path / "missing.yaml")
+    assert commands.main(["train", str(tmp_path / "missing.yaml")]) == 2
+
+
+# --------------------------------------------------------------------------------------------------
+# units: sampler, loss, layer-wise decay
+# --------------------------------------------------------------------------------------------------
+
+
+def test_batch_sampler_is_deterministic_sharded_and_resumable() -> None:
+    groups = ["sax"] * 10 + ["lax_4c"] * 7
+    s = EpochBatchSampler(groups, 3, seed=5)
+    b0 = s.epoch_batches(0)
+    assert b0 == EpochBatchSampler(groups, 3, seed=5).epoch_batches(0) and b0 != s.epoch_batches(1)
+    assert all(len({groups[i] for i, _ in b}) == 1 for b in b0)  # one view per batch
+    assert sorted(i for b in b0 for i, _ in b) == list(range(17))
+    r0 = EpochBatchSampler(groups, 3, seed=5, rank=0, world_size=2).epoch_batches(0)
+    r1 = EpochBatchSampler(groups, 3, seed=5, rank=1, world_size=2).epoch_batches(0)
+    assert len(r0) == len(r1) and {i for b in r0 + r1 for i, _ in b} == set(range(17))
+    s.set_epoch(0, start_batch=2)
+    assert list(s) == b0[2:]
+
+
+def test_partial_dice_ce_ignores_unlabelled_classes() -> None:
+    from monai.losses import DiceCELoss
+
+    from napari_cinema.training.losses import PartialDiceCELoss
+
+    torch.manual_seed(0)
+    logits = torch.randn(2, 4, 16, 16)
+    target = torch.randint(0, 4, (2, 1, 16, 16))
+    ours = PartialDiceCELoss()(logits, target)
+    ref = DiceCELoss(to_onehot_y=True, softmax=True, smooth_nr=1e-5, smooth_dr=1e-5)(logits, target)
+    assert torch.allclose(ours, ref, atol=1e-4)
+    # a confident RV prediction on pixels labelled background costs nothing when RV is unlabelled
+    t = torch.zeros(1, 1, 8, 8, dtype=torch.long)
+    t[..., 2:5, 2:5] = 3
+    lg = torch.full((1, 4, 8, 8), -10.0)
+    lg[:, 1] = 10.0
+    lg[:, 3][t[:, 0] == 3] = 20.0
+    labelled = torch.tensor([[True, False, True, True]])
+    loss = PartialDiceCELoss()
+    assert loss(lg, t, labelled) < 0.6 < loss(lg, t)
+
+
+def test_layer_wise_lr_decay_groups() -> None:
+    from napari_cinema.model.factory import build_model
+
+    cfg = tiny()
+    cfg["model"]["convunetr"] = dict(TINY_UNETR, size={"enc_depth": 2, "enc_embed_dim": 16, "enc_n_heads": 2})
+    model = build_model(cfg)
+    groups = param_groups(model, 1e-3, 0.05, 0.75)
+    scale = {g["layer_id"]: g["lr_scale"] for g in groups}
+    assert scale[0] == pytest.approx(0.75 ** 3) and scale[1] == pytest.approx(0.75 ** 2)
+    assert scale[3] == 1.0
+    no_wd = [g for g in groups if g["weight_decay"] == 0.0]
+    assert no_wd and all(p.ndim <= 1 or p.shape[0] == 1 for g in no_wd for p in g["params"])
+    flat = param_groups(model, 1e-3, 0.05, None)
+    assert {g["lr_scale"] for g in flat} == {1.0}
+
+
+# --------------------------------------------------------------------------------------------------
+# the loop
+# --------------------------------------------------------------------------------------------------
+
+
+def test_tiny_run_writes_run_folder_progress_card_and_registers(tmp_path: Path, capsys) -> None:
+    from napari_cinema.model.registry import get_model_info, load_model
+
+    cfg_path = tmp_path / "tiny.yaml"
+    cfg = tiny(**{"output.register": True, "output.model_id": "test/tiny-seg", "train.epochs": 2})
+    cfg_path.write_text(yaml.safe_dump(cfg))
+    rc = commands.main(["train", str(cfg_path), "--progress", "json", "--device", "cpu"])
+    assert rc == 0
+    lines = [json.loads(x) for x in capsys.readouterr().out.splitlines() if x.startswith("{")]
+    run = tmp_path / "runs" / "tiny"
+    assert lines == events(run)  # the same JSON lines on stdout and in metrics.jsonl
+    kinds = [e["event"] for e in lines]
+    assert kinds[0] == "start" and kinds[-1] == "done" and kinds.count("epoch") == 2
+    ep = [e for e in lines if e["event"] == "epoch"][-1]
+    for key in ("epoch", "step", "total_steps", "train_loss", "val_dice", "lr", "eta_s"):
+        assert key in ep
+    assert ep["step"] == ep["total_steps"] == lines[0]["total_steps"]
+    for name in ("train.yaml", "config.yaml", "model.safetensors", "card.md", "card.json",
+                 "checkpoints/best.safetensors", "checkpoints/last.json"):
+        assert (run / name).is_file(), name
+    card = json.loads((run / "card.json").read_text())
+    assert card["metrics"]["monitor"] == "val_dice" and card["metrics"]["validation"]["val_dice"] is not None
+    assert card["licence"].startswith("MIT") and card["data"]["train"]["cases"] == 3
+    info = get_model_info("test/tiny-seg")
+    assert info.available and info.task == "segmentation" and info.label_map[3] == "LV"
+    loaded = load_model("test/tiny-seg")
+    assert loaded.sha256 == card["weights_sha256"]
+    # a registered model segments through the engine
+    from napari_cinema.engine import run_segmentation
+    from napari_cinema.sample_data.phantom import make_phantom
+
+    study, _ = make_phantom("sax", **PH)
+    assert run_segmentation(study, loaded, device="cpu").labels.shape == study.shape
+
+
+def test_resume_after_sigterm_is_bit_identical(tmp_path: Path) -> None:
+    cfg = tiny(**{"train.epochs": 2, "train.checkpoint_every": 2})
+    full = train(cfg, run_dir=tmp_path / "a")
+    assert full.status == "done" and full.step == 12
+
+    def sigterm_at_5(trainer, step):
+        if step == 5:
+            os.kill(os.getpid(), signal.SIGTERM)  # handled: finish the step, checkpoint, return 'stopped'
+
+    part = train(cfg, run_dir=tmp_path / "b", on_step=sigterm_at_5)
+    assert part.status == "stopped" and part.step == 5 and part.reason == "SIGTERM"
+    assert events(tmp_path / "b")[-1]["event"] == "stopped"
+    assert load_last_checkpoint(tmp_path / "b")[2]["step"] == 5
+    # the CLI resumes it
+    cfg_path = tmp_path / "cfg.yaml"
+    cfg_path.write_text(yaml.safe_dump(cfg))
+    assert commands.main(["train", str(cfg_path), "--resume", "--run-dir", str(tmp_path / "b"),
+                          "--progress", "none"]) == 0
+    wa = weights_of(load_last_checkpoint(tmp_path / "a")[0])
+    wb = weights_of(load_last_checkpoint(tmp_path / "b")[0])
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+    ma, mb = weights_of(tmp_path / "a" / "model.safetensors"), weights_of(tmp_path / "b" / "model.safetensors")
+    assert all(torch.equal(ma[k], mb[k]) for k in ma)
+    ea = [e for e in events(tmp_path / "a") if e["event"] == "epoch"]
+    eb = [e for e in events(tmp_path / "b") if e["event"] == "epoch"]
+    assert [(e["train_loss"], e["val_dice"]) for e in ea] == [(e["train_loss"], e["val_dice"]) for e in eb]
+
+
+def test_stop_file_exits_3_with_usable_checkpoint(tmp_path: Path, capsys) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "STOP").touch()
+    cfg_path = tmp_path / "cfg.yaml"
+    cfg_path.write_text(yaml.safe_dump(tiny()))
+    assert commands.main(["train", str(cfg_path), "--run-dir", str(run), "--progress", "none"]) == EXIT_STOPPED
+    assert "stopped" in capsys.readouterr().err
+    weights, state, info = load_last_checkpoint(run)
+    assert info["step"] == 1
+    from napari_cinema.model.checkpoint import load_model, load_training_state
+
+    assert load_model(weights).task == "segmentation"  # config beside the checkpoint
+    assert load_training_state(state)["step"] == 1
+
+
+def test_gradient_accumulation_and_bf16_autocast(tmp_path: Path) -> None:
+    cfg = tiny(**{"train.epochs": 1, "train.batch_size": 4, "train.accum_steps": 2, "train.precision": "bf16",
+                  "train.max_steps": 2, "data.val": []})
+    result = train(cfg, run_dir=tmp_path / "acc")
+    start = events(tmp_path / "acc")[0]
+    assert start["steps_per_epoch"] == 6 and start["total_steps"] == 2  # 48 slices / (4 x 2)
+    assert result.status == "done" and result.step == 2
+    assert result.best["value"] is None and (tmp_path / "acc" / "model.safetensors").is_file()  # no validation
+
+
+def test_early_stopping_on_the_validation_metric(tmp_path: Path) -> None:
+    cfg = tiny(**{"train.epochs": 6, "train.samples_per_epoch": 8, "train.patience": 2, "optim.lr": 1e-12,
+                  "optim.min_lr": 0.0, "train.augment": {"enabled": False}})
+    result = train(cfg, run_dir=tmp_path / "es")
+    assert result.status == "early_stopped" and result.epoch == 3 and result.best["step"] == 1
+    kinds = [e["event"] for e in events(tmp_path / "es")]
+    assert "early_stop" in kinds and kinds[-1] == "done"
+    again = train(cfg, run_dir=tmp_path / "es", resume=True)  # nothing left to do
+    assert again.status == "early_stopped" and again.step == result.step
+    with pytest.raises(ConfigError, match="optim.lr must be > 0"):
+        load_train_config(tiny(**{"optim.lr": 0}))
+
+
+def test_full_disk_while_checkpointing_keeps_the_last_good_one(tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    import safetensors.torch as st
+
+    real = st.save_file
+    calls = {"last": 0}
+
+    def failing(tensors, filename, metadata=None):
+        if ".last-" in str(filename):
+            calls["last"] += 1
+            if calls["last"] == 2:  # half a file, then the disk is full
+                Path(filename).write_bytes(b"\0" * 100)
+                raise OSError(errno.ENOSPC, "No space left on device")
+        return real(tensors, filename, metadata=metadata)
+
+    monkeypatch.setattr(st, "save_file", failing)
+    cfg = tiny(**{"train.epochs": 2})
+    with pytest.raises(DiskFullError, match="disk is full") as err:
+        train(cfg, run_dir=tmp_path / "r")
+    assert "step 6" in str(err.value) and "--resume" in str(err.value)
+    weights, state, info = load_last_checkpoint(tmp_path / "r")
+    assert info["step"] == 6
+    from napari_cinema.model.checkpoint import load_model, load_training_state
+
+    load_model(weights)  # strict load of the previous checkpoint
+    assert load_training_state(state)["step"] == 6
+    leftovers = [p.name for p in (tmp_path / "r" / "checkpoints").iterdir() if ".tmp-" in p.name or "0000012" in p.name]
+    assert leftovers == []
+    assert events(tmp_path / "r")[-1]["event"] == "error"
+    # after freeing space, --resume finishes the run
+    monkeypatch.setattr(st, "save_file", real)
+    assert train(cfg, run_dir=tmp_path / "r", resume=True).status == "done"
+
+
+def test_other_tasks_train_a_few_steps(tmp_path: Path) -> None:
+    base = {"seed": 0, "train": {"epochs": 1, "batch_size": 4, "num_workers": 0, "log_every": 50, "max_steps": 2},
+            "output": {"dir": str(tmp_path / "runs"), "register": False}}
+
+    def run(name: str, **cfg):
+        c = json.loads(json.dumps(base))
+        c.update({k: v for k, v in cfg.items() if k != "train"})
+        c["train"].update(cfg.get("train", {}))
+        c["output"]["name"] = name
+        result = train(c)
+        assert result.status == "done", name
+        return result
+
+    lm = run("lm", task="landmark_heatmap",
+             data={"lax": {"patch_size": [64, 64], "spacing": [4.0, 4.0]},
+                   "train": [dict(type="phantom", view="lax_4c", n=2, **PH)],
+                   "val": [dict(type="phantom", view="lax_4c", n=1, seed=50, **PH)]},
+             model={"name": "convunetr", "views": "lax_4c", "out_chans": 3, "convunetr": TINY_UNETR})
+    assert lm.monitor == "val_landmark_mm" and lm.best["value"] > 0
+    mcfg = yaml.safe_load((lm.run_dir / "config.yaml").read_text())
+    assert mcfg["data"]["name"] == "landmark" and mcfg["data"]["landmark_names"] == ["mv_1", "mv_2", "apex"]
+
+    ef = run("ef", task="regression",
+             data={"sax": {"patch_size": [32, 32, 8], "spacing": [4.0, 4.0, 10.0]}, "regression_column": "ef",
+                   "train": [dict(type="phantom", view="sax", n=4, **PH)],
+                   "val": [dict(type="phantom", view="sax", n=2, seed=50, **PH)]},
+             model={"name": "convvit", "views": "sax", "n_frames": 2, "convvit": TINY_VIT})
+    stats = yaml.safe_load((ef.run_dir / "config.yaml").read_text())["data"]["ef"]
+    assert stats["std"] > 0 and 20 < stats["mean"] < 80 and ef.monitor == "val_mae"
+
+    # generic classification from a CSV of per-study targets
+    import csv
+
+    from napari_cinema.sample_data.phantom import write_phantom
+
+    rows = []
+    for i, lvef in enumerate([30, 65, 35, 70]):
+        d = write_phantom(tmp_path / f"csvdata/p{i}", view="sax", lvef=lvef, seed=i, **PH)
+        rows.append({"path": str(d), "target": "reduced" if lvef < 50 else "normal"})
+    with (tmp_path / "targets.csv").open("w", newline="") as f:
+        w = csv.DictWriter(f, ["path", "target"])
+        w.writeheader()
+        w.writerows(rows)
+    studies = load_source({"type": "studies", "paths": [str(tmp_path / "csvdata/*/phantom_sax.nii.gz")]})
+    assert len(studies) == 4 and all(r.view == "sax" and r.n_frames == 4 for r in studies)
+    src = {"type": "csv", "root": str(tmp_path / "targets.csv"), "kind": "classification"}
+    cls = run("cls", task="classification",
+              data={"sax": {"patch_size": [32, 32, 8], "spacing": [4.0, 4.0, 10.0]}, "class_column": "target",
+                    "train": [src], "val": [src]},
+              model={"name": "convvit", "views": "sax", "n_frames": 2, "convvit": TINY_VIT})
+    assert yaml.safe_load((cls.run_dir / "config.yaml").read_text())["data"]["target"] == ["normal", "reduced"]
+    # the EF model scores through the engine on a labelled study folder (EF from the labels)
+    from napari_cinema.training.evaluate import evaluate
+
+    res = evaluate(tmp_path / "csvdata" / "p0", model=str(ef.run_dir), device="cpu")
+    assert res["task"] == "regression_ef" and res["n_cases"] == 1 and res["LVEF_mae_pct"] is not None
+    assert "val_auroc" in cls.best["metrics"]
+
+    # MAE on every frame of two views, then a segmentation model initialised from it (layer-wise decay)
+    mae = run("mae", task="mae",
+              data={"sax": {"patch_size": [32, 32], "spacing": [4.0, 4.0]},
+                    "lax": {"patch_size": [32, 32], "spacing": [4.0, 4.0]},
+                    "train": [dict(type="phantom", view="sax", n=1, **PH),
+                              dict(type="phantom", view="lax_4c", n=2, **PH)],
+                    "val": [dict(type="phantom", view="sax", n=1, seed=50, **PH)]},
+              model={"name": "mae", "views": ["sax", "lax_4c"], "size": "tiny", "enc_conv_chans": [8, 8],
+                     "enc_conv_n_blocks": 1}, train={"max_steps": 3})
+    assert mae.monitor == "val_loss" and mae.best["value"] > 0
+    seg = run("seg_from_mae", **{k: v for k, v in tiny().items() if k in ("task", "data", "model")},
+              init={"mae": str(mae.run_dir / "model.safetensors")})
+    start = events(seg.run_dir)[0]
+    assert start["pretrained"] is True
+
+
+@pytest.mark.slow
+def test_torchrun_two_cpu_processes_write_one_run_folder(tmp_path: Path) -> None:
+    cfg = tiny(**{"train.epochs": 1, "output.dir": str(tmp_path / "runs")})
+    cfg_path = tmp_path / "cfg.yaml"
+    cfg_path.write_text(yaml.safe_dump(cfg))
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone",
+         "-m", "napari_cinema.training.commands", "train", str(cfg_path), "--progress", "json", "--device", "cpu"],
+        capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    runs = [p for p in (tmp_path / "runs").iterdir() if p.is_dir()]
+    assert [p.name for p in runs] == ["tiny"]
+    ev = events(runs[0])
+    assert ev[0]["world_size"] == 2 and ev[-1]["event"] == "done"
+    assert ev[0]["total_steps"] == 3  # 48 slices / batch 8 = 6 batches shared by 2 ranks
+    assert sum(1 for e in ev if e["event"] == "start") == 1  # rank 0 alone logs
+    assert (runs[0] / "model.safetensors").is_file()
