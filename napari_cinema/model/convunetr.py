@@ -18,7 +18,7 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import nn
 
-from .encoder import ViewEncoder, ViTEncoder, set_grad_ckpt
+from .encoder import ViTEncoder, set_grad_ckpt, view_encoders
 from .layers import ResConvBlock, Size, as_tuple, conv_cls, conv_transpose_cls
 
 
@@ -167,20 +167,8 @@ class ConvUNetR(nn.Module):
                 stride = tuple(a * b for a, b in zip(stride, dec_scale[v], strict=True))
             self.size_multiple_dict[v] = stride
 
-        self.enc_down_dict = nn.ModuleDict(
-            {
-                v: ViewEncoder(
-                    self.image_size_dict[v],
-                    self.in_chans_dict[v],
-                    enc_patch[v],
-                    enc_scale[v],
-                    enc_conv_chans,
-                    enc_conv_n_blocks,
-                    enc_embed_dim,
-                )
-                for v in self.views
-            }
-        )
+        self.enc_down_dict = view_encoders(self.views, self.image_size_dict, self.in_chans_dict, enc_patch,
+                                           enc_scale, enc_conv_chans, enc_conv_n_blocks, enc_embed_dim)
         self.encoder = ViTEncoder(enc_embed_dim, enc_depth, enc_n_heads, mlp_ratio=mlp_ratio, drop_path=drop_path)
 
         self.dec_image_conv_block_dict = nn.ModuleDict()

@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import nn
 
-from .encoder import ScaleFusion, ViewEncoder, ViTEncoder, set_grad_ckpt
+from .encoder import ViTEncoder, scale_fusions, set_grad_ckpt, view_encoders
 from .layers import as_tuple
 
 
@@ -48,24 +48,12 @@ class ConvViT(nn.Module):
         enc_patch = {v: as_tuple(enc_patch_size_dict[v], n_dims[v]) for v in self.views}
         enc_scale = {v: as_tuple(enc_scale_factor_dict[v], n_dims[v]) for v in self.views}
 
-        self.enc_down_dict = nn.ModuleDict(
-            {
-                v: ViewEncoder(
-                    self.image_size_dict[v],
-                    self.n_frames * self.in_chans_dict[v],
-                    enc_patch[v],
-                    enc_scale[v],
-                    enc_conv_chans,
-                    enc_conv_n_blocks,
-                    enc_embed_dim,
-                )
-                for v in self.views
-            }
-        )
+        # (ED, ES) frames are stacked as input channels
+        frame_chans = {v: self.n_frames * self.in_chans_dict[v] for v in self.views}
+        self.enc_down_dict = view_encoders(self.views, self.image_size_dict, frame_chans, enc_patch, enc_scale,
+                                           enc_conv_chans, enc_conv_n_blocks, enc_embed_dim)
         self.size_multiple_dict = {v: self.enc_down_dict[v].eff_patch_size for v in self.views}
-        self.enc_fusion_dict = nn.ModuleDict(
-            {v: ScaleFusion(n_dims[v], enc_patch[v], enc_scale[v], enc_conv_chans, enc_embed_dim) for v in self.views}
-        )
+        self.enc_fusion_dict = scale_fusions(self.views, n_dims, enc_patch, enc_scale, enc_conv_chans, enc_embed_dim)
         self.encoder = ViTEncoder(enc_embed_dim, enc_depth, enc_n_heads, mlp_ratio=mlp_ratio, drop_path=drop_path)
         # heads keep PyTorch's default Linear init, as the reference
         self.pred_head_dict = nn.ModuleDict({v: nn.Linear(enc_embed_dim, self.out_chans) for v in [*self.views, "cls"]})

@@ -198,6 +198,27 @@ class ScaleFusion(nn.Module):
         return self.norm(tokens)
 
 
+def view_encoders(views: Sequence[str], image_size_dict: dict, in_chans_dict: dict, enc_patch: dict,
+                  enc_scale: dict, enc_conv_chans: Sequence[int], enc_conv_n_blocks: int,
+                  enc_embed_dim: int) -> nn.ModuleDict:
+    """One conv + patch-embedding encoder per view (``enc_down_dict`` of every model)."""
+    return nn.ModuleDict(
+        {
+            v: ViewEncoder(image_size_dict[v], in_chans_dict[v], enc_patch[v], enc_scale[v], enc_conv_chans,
+                           enc_conv_n_blocks, enc_embed_dim)
+            for v in views
+        }
+    )
+
+
+def scale_fusions(views: Sequence[str], n_dims: dict, enc_patch: dict, enc_scale: dict,
+                  enc_conv_chans: Sequence[int], enc_embed_dim: int) -> nn.ModuleDict:
+    """Per view, the projection of the conv skips onto the token grid (``enc_fusion_dict``)."""
+    return nn.ModuleDict(
+        {v: ScaleFusion(n_dims[v], enc_patch[v], enc_scale[v], enc_conv_chans, enc_embed_dim) for v in views}
+    )
+
+
 class ViTEncoder(nn.Module):
     """Shared transformer: prepends ``cls_token``; ``blocks``; final ``norm``."""
 

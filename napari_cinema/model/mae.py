@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 from torch import nn
 
-from .encoder import ScaleFusion, ViewEncoder, ViTDecoder, ViTEncoder, set_grad_ckpt
+from .encoder import ViTDecoder, ViTEncoder, scale_fusions, set_grad_ckpt, view_encoders
 from .layers import (
     Size,
     as_tuple,
@@ -90,24 +90,10 @@ class CineMAE(nn.Module):
         enc_patch = {v: as_tuple(enc_patch_size_dict[v], n_dims[v]) for v in self.views}
         enc_scale = {v: as_tuple(enc_scale_factor_dict[v], n_dims[v]) for v in self.views}
 
-        self.enc_down_dict = nn.ModuleDict(
-            {
-                v: ViewEncoder(
-                    self.image_size_dict[v],
-                    self.in_chans_dict[v],
-                    enc_patch[v],
-                    enc_scale[v],
-                    enc_conv_chans,
-                    enc_conv_n_blocks,
-                    enc_embed_dim,
-                )
-                for v in self.views
-            }
-        )
+        self.enc_down_dict = view_encoders(self.views, self.image_size_dict, self.in_chans_dict, enc_patch,
+                                           enc_scale, enc_conv_chans, enc_conv_n_blocks, enc_embed_dim)
         self.size_multiple_dict = {v: self.enc_down_dict[v].eff_patch_size for v in self.views}
-        self.enc_fusion_dict = nn.ModuleDict(
-            {v: ScaleFusion(n_dims[v], enc_patch[v], enc_scale[v], enc_conv_chans, enc_embed_dim) for v in self.views}
-        )
+        self.enc_fusion_dict = scale_fusions(self.views, n_dims, enc_patch, enc_scale, enc_conv_chans, enc_embed_dim)
         self.encoder = ViTEncoder(enc_embed_dim, enc_depth, enc_n_heads, mlp_ratio=mlp_ratio)
         self.dec_linear = nn.Linear(enc_embed_dim, dec_embed_dim)
         self.dec_embed_dict = nn.ModuleDict(
