@@ -1,0 +1,707 @@
+"""The scriptable twins of the napari-cinema docks (micro-sam style: every GUI action is a function).
+
+Use from the napari console, a notebook or a script::
+
+    import napari
+    from napari_cinema import api
+
+    viewer = napari.Viewer()
+    viewer.open_sample("napari-cinema", "phantom_sax")
+    image = viewer.layers["phantom sax"]
+    labels = api.segment_layer(viewer, image, model_id="default-sax-seg", device="auto")
+    report = api.analyze_layer(viewer, labels)              # ED/ES detected
+    report = api.analyze_layer(viewer, labels, ed=0, es=9)  # ... or given
+    api.export_report(viewer, labels, "out/phantom")         # report.json, volumes.csv, report.pdf
+    api.open_analysis_dock(viewer); api.open_function_dock(viewer)
+
+The docks call the same code: :func:`run_models` (Qt- and napari-free, run in a worker thread by the
+dock) produces :class:`CineResults`; :func:`apply_results` pushes them to layers in one go (main
+thread); :func:`analysis_inputs` gathers what :func:`compute_report` needs from the layers (main
+thread, cheap) and :func:`compute_report` runs :func:`napari_cinema.analysis.analyze_study` (any thread).
+
+Result layers are created once per image layer and updated in place on a re-run; they are found again
+through ``metadata['cinema_result'] = {'kind': 'segmentation' | 'landmarks', 'of': str(<image unique_id>)}``.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .io.labels import LABEL_NAMES
+from .io.study import CineStudy
+from .layers import LANDMARK_NAMES, labels_layer_data, points_layer_data, study_from_layer
+
+if TYPE_CHECKING:  # pragma: no cover
+    import napari
+    from napari.layers import Labels, Layer
+
+    from .analysis.report import Report
+
+__all__ = [
+    "AnalysisInputs",
+    "CineResults",
+    "ModelNotAvailable",
+    "NotACine",
+    "STUDY_VIEWS",
+    "analysis_inputs",
+    "analyze_layer",
+    "apply_results",
+    "check_cine_layer",
+    "compute_report",
+    "default_model_id",
+    "export_report",
+    "find_landmarks_layer",
+    "find_result_layer",
+    "landmarks_from_points",
+    "list_models",
+    "load_registered_model",
+    "open_analysis_dock",
+    "open_function_dock",
+    "run_models",
+    "segment_layer",
+    "study_for_labels",
+    "study_for_layer",
+]
+
+STUDY_VIEWS = ("sax", "lax_2c", "lax_3c", "lax_4c")
+LAX_VIEWS = ("lax_2c", "lax_3c", "lax_4c")
+PLUGIN = "napari-cinema"
+ANALYSIS_DOCK = "Cine analysis"
+FUNCTION_DOCK = "Cardiac function"
+
+# Registry task names (napari_cinema.model.registry) per role.
+SEGMENTATION_TASKS = ("segmentation",)
+LANDMARK_TASKS = ("landmark_heatmap", "landmark_coordinate")
+CLASSIFICATION_TASKS = ("classification_cvd",)
+EF_TASKS = ("regression_ef",)
+
+ProgressFn = Callable[[int, int, str], None]
+CancelFn = Callable[[], bool]
+
+
+class NotACine(ValueError):
+    """The layer given is not a cine study a model can run on (the message says why and what to do)."""
+
+
+class ModelNotAvailable(RuntimeError):
+    """No model for this task and view, or the chosen one cannot be loaded (message fit to show)."""
+
+
+# --------------------------------------------------------------------------------------------------
+# layers <-> studies
+# --------------------------------------------------------------------------------------------------
+
+
+def _kind(layer: Any) -> str:
+    return type(layer).__name__
+
+
+def check_cine_layer(layer: Any) -> None:
+    """Raise :class:`NotACine` with a clear message unless ``layer`` is a 4-D cine image layer.
+
+    Cheap (no data access beyond the shape), so it can run in the GUI thread.
+    """
+    from napari.layers import Image
+
+    if layer is None:
+        raise NotACine("no image layer chosen: open a cine study (File > Open, or File > Open Sample > "
+                       "napari-cinema) and pick its image layer")
+    if not isinstance(layer, Image):
+        raise NotACine(f"'{layer.name}' is a {_kind(layer)} layer, not a cine image: pick the image layer of a "
+                       "cine study (segmentations are made from the image)")
+    if getattr(layer, "rgb", False):
+        raise NotACine(f"'{layer.name}' is an RGB image, not a cine MR study")
+    shape = tuple(np.shape(layer.data[0] if layer.multiscale else layer.data))
+    if len(shape) != 4:
+        raise NotACine(f"'{layer.name}' is a {len(shape)}-D image {shape}, not a cine: a cine has 4 axes "
+                       "(t, z, y, x); open the study with the napari-cinema reader so that its frames and "
+                       "slices are known")
+    study = study_from_layer(layer)
+    if study is not None and tuple(study.shape) != shape:
+        raise NotACine(f"'{layer.name}' holds data of shape {shape} but its study is {tuple(study.shape)}: "
+                       "the layer data was replaced; open the study again")
+    if shape[0] < 1 or shape[2] < 2 or shape[3] < 2:
+        raise NotACine(f"'{layer.name}' is too small to be a cine ({shape})")
+
+
+def _time_ms(scale: float, unit: Any) -> float | None:
+    name = str(unit or "")
+    if name in ("millisecond", "ms"):
+        return float(scale)
+    if name in ("second", "s"):
+        return float(scale) * 1000.0
+    return None
+
+
+def study_for_layer(layer: Any, view: str | None = None) -> CineStudy:
+    """The :class:`CineStudy` behind a cine image layer (``view`` overrides the detected view).
+
+    napari-cinema layers carry their study (``metadata['cinema_study']``); a foreign 4-D image layer
+    becomes a study with the layer's scale as spacing (t in ms when its unit says so) and an unknown
+    view. Raises :class:`NotACine` for anything else.
+    """
+    check_cine_layer(layer)
+    study = study_from_layer(layer)
+    if study is None:
+        data = layer.data[0] if layer.multiscale else layer.data
+        scale = [float(s) for s in layer.scale]
+        units = list(getattr(layer, "units", [None] * 4))
+        study = CineStudy(image=np.asarray(data), spacing=(_time_ms(scale[0], units[0]), *scale[1:]),
+                          view="unknown", source=str(layer.name), description="napari image layer")
+    if view and view != study.view:
+        if view not in STUDY_VIEWS:
+            raise NotACine(f"unknown view {view!r}; choose one of {', '.join(STUDY_VIEWS)}")
+        study = replace(study, view=view)
+    return study
+
+
+def _image_layers(viewer: Any):
+    from napari.layers import Image
+
+    return [lay for lay in viewer.layers if isinstance(lay, Image)]
+
+
+def study_for_labels(viewer: Any, labels_layer: Any) -> CineStudy:
+    """The study a (t, z, y, x) Labels layer belongs to: its own ``cinema_study`` metadata, else that of
+    an image layer of the same shape. Raises :class:`NotACine` with what to do otherwise."""
+    from napari.layers import Labels
+
+    if labels_layer is None:
+        raise NotACine("no labels layer chosen: segment a cine with the Cine analysis dock, or open a study "
+                       "with its labels")
+    if not isinstance(labels_layer, Labels):
+        raise NotACine(f"'{labels_layer.name}' is a {_kind(labels_layer)} layer, not a Labels layer")
+    shape = tuple(np.shape(labels_layer.data))
+    if len(shape) != 4:
+        raise NotACine(f"'{labels_layer.name}' is a {len(shape)}-D labels layer {shape}: cardiac function needs "
+                       "labels on every frame of a cine (t, z, y, x)")
+    study = study_from_layer(labels_layer)
+    if study is None and viewer is not None:
+        for image in _image_layers(viewer):
+            s = study_from_layer(image)
+            if s is not None and tuple(s.shape) == shape:
+                study = s
+                break
+    if study is None:
+        raise NotACine(f"'{labels_layer.name}' carries no cine study: segment the cine with the Cine analysis "
+                       "dock, or open the study (and its labels) with the napari-cinema reader")
+    if tuple(study.shape) != shape:
+        raise NotACine(f"'{labels_layer.name}' has shape {shape} but its study is {tuple(study.shape)}")
+    return study
+
+
+# --------------------------------------------------------------------------------------------------
+# registry
+# --------------------------------------------------------------------------------------------------
+
+
+def list_models(tasks: tuple[str, ...] | str = SEGMENTATION_TASKS, view: str | None = None) -> list:
+    """Registry entries (``ModelInfo``) for ``tasks`` and a study ``view``, available ones first."""
+    from .model import registry
+
+    tasks = (tasks,) if isinstance(tasks, str) else tuple(tasks)
+    rank = {"bundled": 0, "user": 1, "imported": 2, "published": 3}
+    out = [m for m in registry.list_models(view=view) if m.task in tasks and (view is None or view in m.views)]
+    out.sort(key=lambda m: (not m.available, not m.card.get("default", False), rank.get(m.source, 9),
+                            m.id))
+    return out
+
+
+def default_model_id(tasks: tuple[str, ...] | str, view: str) -> str | None:
+    """The registry's default available model for one of ``tasks`` and ``view`` (None when none)."""
+    from .model import registry
+
+    for task in (tasks,) if isinstance(tasks, str) else tasks:
+        found = registry.find_default(task=task, view=view)
+        if found:
+            return found
+    return None
+
+
+_MODEL_CACHE: OrderedDict[str, tuple[tuple, Any]] = OrderedDict()
+_MODEL_CACHE_SIZE = 3
+_MODEL_LOCK = threading.Lock()
+
+
+def load_registered_model(model_id: str, *, progress: ProgressFn | None = None, cancel: CancelFn | None = None):
+    """A registry ``LoadedModel`` (cached for the last few ids). A published model that is not cached is
+    downloaded with ``progress(done_bytes, total_bytes, message)``; offline that raises
+    :class:`ModelNotAvailable` with the hub's message (HubUnavailable: what to run to get it)."""
+    from .model import hub, registry
+    from .model.errors import ModelError
+
+    try:
+        info = registry.get_model_info(model_id)
+    except ModelError as exc:
+        raise ModelNotAvailable(str(exc)) from exc
+    key = (str(info.path), info.sha256, info.available)
+    with _MODEL_LOCK:
+        hit = _MODEL_CACHE.get(model_id)
+        if hit is not None and hit[0] == key and info.available:
+            _MODEL_CACHE.move_to_end(model_id)
+            return hit[1]
+
+    def on_bytes(done: int, total: int | None) -> None:
+        if cancel is not None and cancel():
+            raise hub.DownloadCancelled(f"download of {model_id} cancelled")
+        if progress is not None:
+            mb = f"{done / 2**20:.1f}" + (f" of {total / 2**20:.1f}" if total else "")
+            progress(int(done), int(total or 0), f"downloading {model_id}: {mb} MB")
+
+    if progress is not None:
+        what = "downloading" if not info.available else "loading"
+        progress(0, 0, f"{what} model {model_id}")
+    try:
+        loaded = registry.load_model(model_id, device="cpu", download=True, progress=on_bytes)
+    except hub.DownloadCancelled:
+        from .engine import Cancelled
+
+        raise Cancelled(f"download of {model_id} cancelled") from None
+    except ModelError as exc:  # HubUnavailable, UnknownModel, CheckpointError: one-line messages
+        raise ModelNotAvailable(str(exc)) from exc
+    info = registry.get_model_info(model_id)
+    with _MODEL_LOCK:
+        _MODEL_CACHE[model_id] = ((str(info.path), info.sha256, info.available), loaded)
+        while len(_MODEL_CACHE) > _MODEL_CACHE_SIZE:
+            _MODEL_CACHE.popitem(last=False)
+    return loaded
+
+
+# --------------------------------------------------------------------------------------------------
+# running models (any thread; no Qt, no napari)
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class CineResults:
+    """What one run produced for one study (``study`` carries the view the models were run for)."""
+
+    study: CineStudy
+    segmentation: Any = None  # engine.SegmentationResult
+    landmarks: Any = None  # engine.LandmarkResult
+    classification: Any = None  # engine.ClassificationResult
+    regression: Any = None  # engine.RegressionResult
+    models: dict[str, dict[str, Any]] = field(default_factory=dict)  # role -> registry facts
+    seconds: float = 0.0
+
+    def model_outputs(self) -> dict[str, Any]:
+        """Classification / EF-regression outputs as stored on the labels layer (``cinema_models``)."""
+        out: dict[str, Any] = {}
+        if self.classification is not None:
+            c = self.classification
+            out["classification"] = {"model_id": c.provenance.get("model_id"), "classes": list(c.classes),
+                                     "probabilities": [float(p) for p in c.probabilities],
+                                     "predicted": c.predicted}
+        if self.regression is not None:
+            r = self.regression
+            out["ef_regression"] = {"model_id": r.provenance.get("model_id"), "LVEF_pct": float(r.value),
+                                    "target": r.target}
+        return out
+
+
+def _model_facts(loaded: Any) -> dict[str, Any]:
+    return {"id": getattr(loaded, "model_id", None), "sha256": getattr(loaded, "sha256", None),
+            "source": getattr(loaded, "source", None), "training_data": getattr(loaded, "training_data", None),
+            "task": getattr(loaded, "task", None)}
+
+
+def run_models(study: CineStudy, model_id: str, *, device: str = "auto", view: str | None = None,
+               landmark_model_id: str | None = None, classification_model_id: str | None = None,
+               regression_model_id: str | None = None, progress: ProgressFn | None = None,
+               cancel: CancelFn | None = None, batch_frames: int | None = None) -> CineResults:
+    """Segment every frame of ``study`` with ``model_id`` and run the optional landmark (LAX),
+    disease-classification and EF-regression models on the (ED, ES) pair of the segmentation.
+
+    ``progress(done, total, message)`` counts frames over all stages; ``cancel()`` returning True stops
+    at the next batch (engine.Cancelled is raised; nothing is returned). Errors a user can fix raise
+    engine.EngineError, engine.DeviceUnavailable, :class:`ModelNotAvailable` or :class:`NotACine`.
+    """
+    from .engine import Cancelled, resolve_model, run_classification, run_landmarks, run_regression, run_segmentation
+
+    t0 = time.perf_counter()
+    view = view or study.view
+    if view not in STUDY_VIEWS:
+        raise NotACine(f"the study's view is {view!r}: choose the view (sax, lax_2c, lax_3c or lax_4c) to run a model")
+    if view != study.view:
+        study = replace(study, view=view)
+    n = study.n_frames
+    stages = [("segmentation", model_id, n)]
+    if landmark_model_id:
+        if view not in LAX_VIEWS:
+            raise NotACine(f"landmarks are found on long-axis cines; this study is {view}")
+        stages.append(("landmarks", landmark_model_id, n))
+    if classification_model_id:
+        stages.append(("classification", classification_model_id, 1))
+    if regression_model_id:
+        stages.append(("regression", regression_model_id, 1))
+    total = sum(s[2] for s in stages)
+    offset = 0
+
+    def stage_progress(label: str):
+        base = offset
+
+        def report(done: int, _total: int, message: str) -> None:
+            if progress is not None:
+                progress(base + int(done), total, message)
+        return report
+
+    def check() -> None:
+        if cancel is not None and cancel():
+            raise Cancelled("cancelled")
+
+    results = CineResults(study=study)
+    seg_labels = None
+    for role, mid, weight in stages:
+        check()
+
+        def load_progress(done: int, tot: int, message: str, _base=offset) -> None:
+            if progress is not None:  # a download shows its bytes, loading the frames done so far
+                progress(done, tot, message) if tot > 0 else progress(_base, total, message)
+
+        loaded = load_registered_model(mid, progress=load_progress, cancel=cancel)
+        module, spec = resolve_model(loaded, None, view if view in tuple(getattr(loaded, "views", ()) or ()) else None)
+        results.models[role] = _model_facts(loaded)
+        rep = stage_progress(role)
+        common = dict(device=device, progress=rep, cancel=cancel, view=view)
+        if role == "segmentation":
+            if spec.task != "segmentation":
+                raise ModelNotAvailable(f"{mid} is a {spec.task} model, not a segmentation model")
+            results.segmentation = run_segmentation(study, module, spec, batch_frames=batch_frames, **common)
+            seg_labels = results.segmentation
+        elif role == "landmarks":
+            results.landmarks = run_landmarks(study, module, spec, batch_frames=batch_frames, **common)
+        elif role == "classification":
+            results.classification = run_classification(study, module, spec, segmentation=seg_labels, **common)
+        else:
+            results.regression = run_regression(study, module, spec, segmentation=seg_labels, **common)
+        offset += weight
+    results.seconds = time.perf_counter() - t0
+    return results
+
+
+# --------------------------------------------------------------------------------------------------
+# results -> layers (main thread)
+# --------------------------------------------------------------------------------------------------
+
+OWN_KEYS = ("cinema_result", "cinema_models", "provenance", "model", "labelled_frames", "edited")
+
+
+def find_result_layer(viewer: Any, image_layer: Any, kind: str = "segmentation"):
+    """The result layer (``'segmentation'`` Labels or ``'landmarks'`` Points) made from ``image_layer``."""
+    uid = str(getattr(image_layer, "unique_id", ""))
+    for layer in viewer.layers:
+        tag = layer.metadata.get("cinema_result") if isinstance(layer.metadata, Mapping) else None
+        if isinstance(tag, Mapping) and tag.get("kind") == kind and tag.get("of") == uid:
+            return layer
+    return None
+
+
+def _geometry(image_layer: Any) -> dict[str, Any]:
+    return {"scale": tuple(image_layer.scale), "translate": tuple(image_layer.translate),
+            "units": tuple(image_layer.units), "axis_labels": tuple(image_layer.axis_labels)}
+
+
+def _align(layer: Any, image_layer: Any) -> None:
+    for key, value in _geometry(image_layer).items():
+        current = getattr(layer, key)
+        same = (tuple(map(str, current)) == tuple(map(str, value)) if key in ("units", "axis_labels")
+                else np.allclose(np.asarray(current, float), np.asarray(value, float)))
+        if not same:
+            setattr(layer, key, value)
+
+
+def _merged_metadata(layer: Any, new: Mapping[str, Any]) -> dict[str, Any]:
+    keep = {k: v for k, v in dict(layer.metadata).items() if k not in OWN_KEYS}
+    keep.update(new)
+    return keep
+
+
+def _label_features():
+    import pandas as pd
+
+    return pd.DataFrame({"index": list(LABEL_NAMES), "structure": list(LABEL_NAMES.values())})
+
+
+def apply_results(viewer: Any, image_layer: Any, results: CineResults):
+    """Push ``results`` to the viewer in one go: the segmentation Labels layer (and, with landmarks, the
+    Points layer) of ``image_layer``, created once and updated in place afterwards (data replaced,
+    metadata and provenance updated), aligned with the image (scale, translate, units, axis labels).
+
+    Returns (labels_layer, points_layer or None).
+    """
+    from napari.layers import Labels, Points
+
+    study = results.study
+    seg = results.segmentation
+    uid = str(image_layer.unique_id)
+    model = results.models.get("segmentation", {})
+    meta = {
+        "cinema_result": {"kind": "segmentation", "of": uid, "image": image_layer.name},
+        "provenance": dict(seg.provenance),
+        "model": {**model, "label_names": dict(seg.label_names or LABEL_NAMES)},
+        "labelled_frames": list(range(study.n_frames)),
+        "edited": False,
+    }
+    outputs = results.model_outputs()
+    if outputs:
+        meta["cinema_models"] = outputs
+    data, kwargs, _ = labels_layer_data(study, seg.labels, f"{image_layer.name} segmentation", meta)
+    kwargs.update(_geometry(image_layer))
+    labels_layer = find_result_layer(viewer, image_layer, "segmentation")
+    if labels_layer is not None and not isinstance(labels_layer, Labels):
+        labels_layer = None
+    if labels_layer is None:
+        labels_layer = viewer.add_labels(data, **kwargs)
+        try:
+            labels_layer.features = _label_features()
+        except Exception:  # pragma: no cover - features are a nicety (names in the status bar)
+            pass
+    else:
+        _align(labels_layer, image_layer)
+        # metadata first: whoever listens to the data event reads the new provenance
+        labels_layer.metadata = _merged_metadata(labels_layer, kwargs["metadata"])
+        labels_layer.data = data
+    points_layer = None
+    if results.landmarks is not None:
+        lm = results.landmarks
+        t = lm.voxels.shape[0]
+        rows = np.concatenate([np.repeat(np.arange(t, dtype=float), lm.voxels.shape[1])[:, None],
+                               lm.voxels.reshape(-1, 3)], axis=1)
+        names = [str(n) for n in lm.names] * t
+        pmeta = {"cinema_result": {"kind": "landmarks", "of": uid, "image": image_layer.name},
+                 "cinema_study": study.header(), "provenance": dict(lm.provenance),
+                 "model": results.models.get("landmarks", {})}
+        pdata, pkw, _ = points_layer_data(study, rows, names, f"{image_layer.name} landmarks", pmeta)
+        pkw.update(_geometry(image_layer))
+        points_layer = find_result_layer(viewer, image_layer, "landmarks")
+        if points_layer is not None and not isinstance(points_layer, Points):
+            points_layer = None
+        if points_layer is None:
+            points_layer = viewer.add_points(pdata, **pkw)
+        else:
+            _align(points_layer, image_layer)
+            points_layer.metadata = _merged_metadata(points_layer, pmeta)
+            points_layer.data = pdata
+            points_layer.features = {"name": names}
+            points_layer.text = pkw["text"]
+    return labels_layer, points_layer
+
+
+# --------------------------------------------------------------------------------------------------
+# analysis inputs from layers (main thread) and the report (any thread)
+# --------------------------------------------------------------------------------------------------
+
+
+def landmarks_from_points(points_layer: Any, n_frames: int) -> dict[str, dict[int, tuple[float, float, float]]] | None:
+    """{name: {frame: (z, y, x)}} from a Points layer with a ``name`` feature (mv_1, mv_2, apex), rows
+    (t, z, y, x) or (t, y, x) in the layer's data coordinates; None when the layer has no such points."""
+    if points_layer is None:
+        return None
+    features = getattr(points_layer, "features", None)
+    if features is None or "name" not in features:
+        return None
+    data = np.asarray(points_layer.data, dtype=float)
+    if data.ndim != 2 or data.shape[0] == 0 or data.shape[1] not in (3, 4):
+        return None
+    names = [str(n) for n in features["name"]]
+    out: dict[str, dict[int, tuple[float, float, float]]] = {n: {} for n in LANDMARK_NAMES}
+    for row, name in zip(data, names):
+        if name not in out:
+            continue
+        t = int(round(row[0]))
+        if not 0 <= t < n_frames:
+            continue
+        zyx = (float(row[1]), float(row[2]), float(row[3])) if data.shape[1] == 4 else (0.0, float(row[1]), float(row[2]))
+        out[name][t] = zyx
+    if not any(out.values()):
+        return None
+    return out
+
+
+def find_landmarks_layer(viewer: Any, labels_layer: Any, study: CineStudy | None = None):
+    """The Points layer with the landmarks of the study ``labels_layer`` belongs to: the landmark result
+    of the same image, else a Points layer with mv_1/mv_2/apex names on a cine of as many frames."""
+    from napari.layers import Points
+
+    tag = labels_layer.metadata.get("cinema_result") if labels_layer is not None else None
+    candidates = [lay for lay in viewer.layers if isinstance(lay, Points)]
+    if isinstance(tag, Mapping):
+        for lay in candidates:
+            other = lay.metadata.get("cinema_result")
+            if isinstance(other, Mapping) and other.get("kind") == "landmarks" and other.get("of") == tag.get("of"):
+                return lay
+    n = None if study is None else study.n_frames
+    for lay in candidates:
+        features = getattr(lay, "features", None)
+        if features is None or "name" not in features:
+            continue
+        if not set(LANDMARK_NAMES) <= {str(v) for v in features["name"]}:
+            continue
+        s = study_from_layer(lay)
+        if study is not None and s is not None and s.shape != study.shape:
+            continue
+        if n is not None and len(lay.data) and np.max(np.asarray(lay.data)[:, 0]) > n - 1 + 1e-6:
+            continue
+        return lay
+    return None
+
+
+@dataclass
+class AnalysisInputs:
+    """Everything :func:`compute_report` needs, gathered from the layers."""
+
+    study: CineStudy
+    labels: np.ndarray
+    landmarks: dict | None = None
+    probabilities: dict[str, float] | None = None
+    ef_regression: dict[str, Any] | None = None
+    model_info: dict[str, Any] | None = None
+    labels_name: str = ""
+    landmarks_name: str | None = None
+
+
+def _model_info(labels_layer: Any) -> dict[str, Any]:
+    meta = labels_layer.metadata
+    prov = meta.get("provenance")
+    if isinstance(prov, Mapping):
+        info = {"id": prov.get("model_id"), **{k: v for k, v in prov.items()
+                                               if isinstance(v, (str, int, float, bool, type(None)))}}
+        model = meta.get("model")
+        if isinstance(model, Mapping):
+            info.update({k: v for k, v in model.items() if k in ("source", "training_data") and v})
+        if meta.get("edited"):
+            info["edited"] = True
+            info["description"] = "model segmentation, corrected by hand in napari"
+        return info
+    desc = str(prov) if prov else f"labels layer '{labels_layer.name}'"
+    return {"id": None, "description": desc}
+
+
+def analysis_inputs(viewer: Any, labels_layer: Any, landmarks_layer: Any = "auto", *,
+                    copy: bool = True) -> AnalysisInputs:
+    """Gather the study, labels (copied, so painting cannot change them mid-analysis), landmarks and
+    model outputs of ``labels_layer``. ``landmarks_layer``: a Points layer, None, or 'auto' (LAX only)."""
+    study = study_for_labels(viewer, labels_layer)
+    labels = np.array(labels_layer.data, copy=copy)
+    if landmarks_layer == "auto":
+        landmarks_layer = find_landmarks_layer(viewer, labels_layer, study) if study.view in LAX_VIEWS else None
+    lm = landmarks_from_points(landmarks_layer, study.n_frames) if landmarks_layer is not None else None
+    outputs = labels_layer.metadata.get("cinema_models") or {}
+    probs = None
+    cls = outputs.get("classification")
+    if isinstance(cls, Mapping) and cls.get("classes"):
+        probs = {str(c): float(p) for c, p in zip(cls["classes"], cls["probabilities"])}
+    ef = outputs.get("ef_regression")
+    ef = dict(ef) if isinstance(ef, Mapping) else None
+    return AnalysisInputs(study=study, labels=labels, landmarks=lm, probabilities=probs, ef_regression=ef,
+                          model_info=_model_info(labels_layer), labels_name=str(labels_layer.name),
+                          landmarks_name=None if landmarks_layer is None else str(landmarks_layer.name))
+
+
+def compute_report(inputs: AnalysisInputs, ed: int | None = None, es: int | None = None, *,
+                   height_cm: float | None = None, weight_kg: float | None = None) -> "Report":
+    """:func:`napari_cinema.analysis.analyze_study` on gathered inputs (safe in a worker thread)."""
+    from .analysis import analyze_study
+
+    n = inputs.study.n_frames
+    for name, f in (("ED", ed), ("ES", es)):
+        if f is not None and not 0 <= int(f) < n:
+            raise ValueError(f"{name} frame {f} is outside 0..{n - 1}")
+    return analyze_study(inputs.study, inputs.labels, model_info=inputs.model_info, height_cm=height_cm,
+                         weight_kg=weight_kg, ed_frame=None if ed is None else int(ed),
+                         es_frame=None if es is None else int(es), landmarks=inputs.landmarks,
+                         probabilities=inputs.probabilities, ef_regression=inputs.ef_regression)
+
+
+# --------------------------------------------------------------------------------------------------
+# the function API
+# --------------------------------------------------------------------------------------------------
+
+
+def _layer(viewer: Any, layer: Any):
+    if isinstance(layer, str):
+        try:
+            return viewer.layers[layer]
+        except KeyError:
+            raise NotACine(f"no layer named {layer!r} in the viewer") from None
+    return layer
+
+
+def segment_layer(viewer: "napari.Viewer", image_layer: "Layer | str", model_id: str | None = None,
+                  device: str = "auto", *, view: str | None = None, landmark_model_id: str | None = "auto",
+                  classification_model_id: str | None = None, regression_model_id: str | None = None,
+                  progress: ProgressFn | None = None, batch_frames: int | None = None) -> "Labels":
+    """Segment every frame of a cine image layer; returns the segmentation Labels layer.
+
+    ``model_id`` defaults to the registry's default for the study's view (bundled first); with no model
+    available :class:`ModelNotAvailable` says so. On long-axis cines ``landmark_model_id='auto'`` also
+    runs the default landmark model when one is available (a Points layer ``<image> landmarks``).
+    Runs in the calling thread (the dock runs the same code in a worker).
+    """
+    image_layer = _layer(viewer, image_layer)
+    study = study_for_layer(image_layer, view)
+    v = study.view
+    if v not in STUDY_VIEWS:
+        raise NotACine(f"the view of '{image_layer.name}' is unknown: pass view='sax' (or lax_2c, lax_3c, lax_4c)")
+    if model_id is None:
+        model_id = default_model_id(SEGMENTATION_TASKS, v)
+        if model_id is None:
+            raise ModelNotAvailable(no_model_message(v))
+    if landmark_model_id == "auto":
+        landmark_model_id = default_model_id(LANDMARK_TASKS, v) if v in LAX_VIEWS else None
+    results = run_models(study, model_id, device=device, view=v, landmark_model_id=landmark_model_id,
+                         classification_model_id=classification_model_id, regression_model_id=regression_model_id,
+                         progress=progress, batch_frames=batch_frames)
+    labels, _points = apply_results(viewer, image_layer, results)
+    return labels
+
+
+def no_model_message(view: str, task_words: str = "segmentation") -> str:
+    return (f"no {task_words} model for {view} cines is available here: download a published one "
+            f"(napari-cinema models download ID), or register a fine-tuned model "
+            f"(napari-cinema models import FILE); `napari-cinema models list` shows them")
+
+
+def analyze_layer(viewer: "napari.Viewer", labels_layer: "Labels | str", ed: int | None = None,
+                  es: int | None = None, *, landmarks_layer: Any = "auto", height_cm: float | None = None,
+                  weight_kg: float | None = None) -> "Report":
+    """The analysis report of a segmentation layer (volumes, ED/ES, EF, mass, flags, MAPSE on LAX with
+    landmarks). ``ed``/``es`` override the detected frames."""
+    labels_layer = _layer(viewer, labels_layer)
+    inputs = analysis_inputs(viewer, labels_layer, landmarks_layer)
+    return compute_report(inputs, ed, es, height_cm=height_cm, weight_kg=weight_kg)
+
+
+def export_report(viewer: "napari.Viewer", labels_layer: "Labels | str", out_dir: str | Path,
+                  ed: int | None = None, es: int | None = None, *, landmarks_layer: Any = "auto",
+                  height_cm: float | None = None, weight_kg: float | None = None,
+                  pdf: bool = True) -> dict[str, Path]:
+    """Write the report folder (report.json, volumes.csv, report.pdf) of a segmentation layer."""
+    from .analysis import write_report
+
+    report = analyze_layer(viewer, labels_layer, ed, es, landmarks_layer=landmarks_layer, height_cm=height_cm,
+                           weight_kg=weight_kg)
+    return write_report(report, out_dir, pdf=pdf)
+
+
+def _open_dock(viewer: Any, name: str):
+    _dock, widget = viewer.window.add_plugin_dock_widget(PLUGIN, name)
+    return widget
+
+
+def open_analysis_dock(viewer: "napari.Viewer"):
+    """Open (or show) the 'Cine analysis' dock; returns the widget."""
+    return _open_dock(viewer, ANALYSIS_DOCK)
+
+
+def open_function_dock(viewer: "napari.Viewer"):
+    """Open (or show) the 'Cardiac function' dock; returns the widget."""
+    return _open_dock(viewer, FUNCTION_DOCK)

@@ -1,0 +1,641 @@
+"""'Cine analysis' dock: pick a cine, a model and a device; segment every frame in a worker thread.
+
+Thin over :mod:`napari_cinema.api`: :func:`~napari_cinema.api.run_models` runs in a napari thread
+worker (progress through a queued Qt signal, Cancel through a flag the engine checks between
+batches); the results go to layers in one go in the GUI thread with
+:func:`~napari_cinema.api.apply_results`. A cancelled, failed or orphaned run (its image layer was
+removed) changes no layer.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from qtpy.QtCore import QSize, Qt, QTimer, Signal
+from qtpy.QtWidgets import (
+    QComboBox,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QProgressBar,
+    QPushButton,
+    QSizePolicy,
+    QToolButton,
+    QWidget,
+)
+
+from napari_cinema import api
+
+from ._common import (
+    LayerCombo,
+    ProgressBridge,
+    StatusLabel,
+    notify,
+    notify_exception,
+    same_layer,
+    scrolling,
+    user_error_types,
+)
+
+SMALL = "font-size: 8pt;"
+WARN = "#e0a030"
+VIEW_TITLES = {"sax": "SAX (short axis)", "lax_2c": "LAX 2-chamber", "lax_3c": "LAX 3-chamber",
+               "lax_4c": "LAX 4-chamber"}
+SOURCE_WORDS = {"bundled": "bundled", "published": "published CineMA", "user": "fine-tuned", "imported": "imported"}
+ROLE_TASKS = {
+    "segmentation": api.SEGMENTATION_TASKS,
+    "landmarks": api.LANDMARK_TASKS,
+    "classification": api.CLASSIFICATION_TASKS,
+    "regression": api.EF_TASKS,
+}
+ROLE_WORDS = {"segmentation": "segmentation", "landmarks": "landmark", "classification": "disease classification",
+              "regression": "EF regression"}
+
+
+def _load_registry() -> dict[str, Any]:
+    """Runs in a worker: every registry entry and the devices (imports torch the first time)."""
+    from napari_cinema.engine import available_devices, describe_device, pick_device
+    from napari_cinema.model import hub, registry
+
+    devices = {"auto": describe_device(pick_device("auto"))}
+    for name in available_devices():
+        devices[name] = describe_device(pick_device(name))
+    return {"models": registry.list_models(), "devices": devices, "offline": hub.hub_offline()}
+
+
+def _job(make_study, model_ids: dict[str, str | None], device: str, progress, cancel) -> tuple[str, Any]:
+    """Runs in a worker: ('ok', CineResults) | ('cancelled', None) | ('error', exception)."""
+    from napari_cinema.engine import Cancelled
+
+    try:
+        study = make_study()
+        results = api.run_models(study, model_ids["segmentation"], device=device, view=study.view,
+                                 landmark_model_id=model_ids.get("landmarks"),
+                                 classification_model_id=model_ids.get("classification"),
+                                 regression_model_id=model_ids.get("regression"),
+                                 progress=progress, cancel=cancel)
+        if cancel():
+            return "cancelled", None
+        return "ok", results
+    except Cancelled:
+        return "cancelled", None
+    except Exception as exc:  # handed to the GUI thread, which decides how to show it
+        return "error", exc
+
+
+class AnalysisWidget(QWidget):
+    """The 'Cine analysis' dock."""
+
+    run_finished = Signal(str)  # 'ok' | 'cancelled' | 'error' | 'discarded'
+    models_loaded = Signal()
+
+    def __init__(self, napari_viewer, parent=None):
+        super().__init__(parent)
+        from napari.layers import Image
+
+        self.viewer = napari_viewer
+        self.worker = None
+        self.last_results = None
+        self.labels_layer = None
+        self.points_layer = None
+        self._models: list = []
+        self._devices: dict[str, str] = {}
+        self._offline = False
+        self._registry_worker = None
+        self._cancel = threading.Event()
+        self._cancel_reason = ""
+        self._run_layer = None
+        self._outcome = None
+        self._pending_outcome = ("error", "", "info", False)
+        self._bridge = ProgressBridge(self)
+        self._bridge.progress.connect(self._on_progress)
+
+        self.image_combo = LayerCombo(napari_viewer, (Image,))
+        self.image_combo.setToolTip("The cine to segment (a 4-D t, z, y, x image layer)")
+        self.view_combo = QComboBox()
+        self.view_combo.addItem("unknown: choose the view", "unknown")
+        for view, title in VIEW_TITLES.items():
+            self.view_combo.addItem(title, view)
+        self.view_combo.setToolTip("The view the models are chosen for; change it when it was not detected")
+        self.detected_label = QLabel("")
+        self.detected_label.setStyleSheet(SMALL)
+        self.detected_label.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Minimum)
+        self.model_combo = self._model_combo()
+        self.refresh_button = QToolButton()
+        self.refresh_button.setText("⟳")
+        self.refresh_button.setToolTip("Read the model registry again (after a download or a fine-tuning run)")
+        # one or two short lines, no word wrap (keeps the dock's height fixed); details in the tooltip
+        self.model_info = QLabel("reading the model registry…")
+        self.model_info.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Minimum)
+        self.model_info.setTextFormat(Qt.TextFormat.RichText)
+        self.model_info.setStyleSheet(SMALL)
+        self.landmark_combo = self._model_combo()
+        self.classification_combo = self._model_combo()
+        self.regression_combo = self._model_combo()
+        self.device_combo = QComboBox()
+        self.device_combo.addItem("auto", "auto")
+        self.device_label = QLabel("")
+        self.device_label.setStyleSheet(SMALL)
+        self.device_label.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Minimum)
+        self.run_button = QPushButton("Run")
+        self.run_button.setToolTip("Segment every frame of the cine")
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.setEnabled(False)
+        self.progress_bar = QProgressBar()
+        self.progress_bar.setTextVisible(True)
+        self.progress_bar.setValue(0)
+        self.progress_bar.setVisible(False)  # shown while a run is going
+        self.status = StatusLabel()
+
+        form = QFormLayout()
+        form.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.AllNonFixedFieldsGrow)
+        form.setLabelAlignment(Qt.AlignmentFlag.AlignRight)
+        form.setVerticalSpacing(4)
+        form.addRow("Image", self.image_combo)
+        form.addRow("View", self.view_combo)
+        form.addRow(self.detected_label)
+        model_row = QHBoxLayout()
+        model_row.setContentsMargins(0, 0, 0, 0)
+        model_row.addWidget(self.model_combo, 1)
+        model_row.addWidget(self.refresh_button)
+        form.addRow("Model", model_row)
+        form.addRow(self.model_info)
+        self.more_button = QToolButton()
+        self.more_button.setText("More models ▸")
+        self.more_button.setCheckable(True)
+        self.more_button.setToolTip("Landmarks (long-axis cines), disease classification and EF regression: "
+                                    "models run after the segmentation; their outputs show in the Cardiac "
+                                    "function dock")
+        device_row = QHBoxLayout()
+        device_row.setContentsMargins(0, 0, 0, 0)
+        device_row.addWidget(self.device_combo)
+        device_row.addWidget(self.device_label, 1)
+        device_row.addWidget(self.more_button)
+        form.addRow("Device", device_row)
+        extras = QFormLayout()
+        extras.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.AllNonFixedFieldsGrow)
+        extras.setLabelAlignment(Qt.AlignmentFlag.AlignRight)
+        extras.setContentsMargins(0, 0, 0, 0)
+        extras.setVerticalSpacing(4)
+        self.landmark_label = QLabel("Landmarks")
+        extras.addRow(self.landmark_label, self.landmark_combo)
+        extras.addRow("Disease", self.classification_combo)
+        extras.addRow("EF model", self.regression_combo)
+        self.extras = QWidget()
+        self.extras.setLayout(extras)
+        self.extras.setVisible(False)
+        self.more_button.toggled.connect(self._toggle_extras)
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.run_button, 1)
+        buttons.addWidget(self.cancel_button)
+        layout = scrolling(self)
+        layout.addLayout(form)
+        layout.addWidget(self.extras)
+        layout.addLayout(buttons)
+        layout.addWidget(self.progress_bar)
+        layout.addWidget(self.status)
+        layout.addStretch(1)
+        self.setMinimumWidth(260)
+
+        self.image_combo.currentIndexChanged.connect(self._on_image_changed)
+        self.view_combo.currentIndexChanged.connect(self._on_view_changed)
+        self.model_combo.currentIndexChanged.connect(self._show_model_info)
+        for combo in (self.landmark_combo, self.classification_combo, self.regression_combo):
+            combo.currentIndexChanged.connect(self._title_extras)
+        self.device_combo.currentIndexChanged.connect(self._show_device)
+        self.refresh_button.clicked.connect(self.refresh_models)
+        self.run_button.clicked.connect(lambda: self.run())
+        self.cancel_button.clicked.connect(self.cancel)
+        napari_viewer.layers.events.removed.connect(self._on_layer_removed)
+        napari_viewer.layers.selection.events.active.connect(self._on_active_layer)
+
+        active = napari_viewer.layers.selection.active
+        if isinstance(active, Image):
+            self.image_combo.set_layer(active)
+        self._on_image_changed()
+        self.refresh_models()
+
+    # -- widgets ----------------------------------------------------------------------------------
+    def sizeHint(self) -> QSize:  # noqa: N802 - Qt
+        hint = self.content_widget.sizeHint()
+        return QSize(max(330, hint.width()), min(hint.height() + 6, 420))
+
+    @staticmethod
+    def _model_combo() -> QComboBox:
+        combo = QComboBox()
+        combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+        combo.setMinimumContentsLength(14)
+        combo.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Fixed)
+        return combo
+
+    # -- state ------------------------------------------------------------------------------------
+    @property
+    def running(self) -> bool:
+        return self.worker is not None
+
+    def image_layer(self):
+        return self.image_combo.current_layer()
+
+    def set_image_layer(self, layer) -> bool:
+        return self.image_combo.set_layer(layer)
+
+    def view(self) -> str:
+        return self.view_combo.currentData()
+
+    def set_view(self, view: str) -> None:
+        index = self.view_combo.findData(view)
+        if index < 0:
+            raise ValueError(f"unknown view {view!r}; choose one of {', '.join(VIEW_TITLES)}")
+        self.view_combo.setCurrentIndex(index)
+
+    def model_id(self, role: str = "segmentation") -> str | None:
+        return self._combo_for(role).currentData()
+
+    def set_model(self, model_id: str | None, role: str = "segmentation") -> None:
+        combo = self._combo_for(role)
+        index = combo.findData(model_id)
+        if index < 0:
+            raise ValueError(f"model {model_id!r} is not offered for {ROLE_WORDS[role]} on {self.view()} cines")
+        combo.setCurrentIndex(index)
+
+    def set_device(self, device: str) -> None:
+        index = self.device_combo.findData(device)
+        if index < 0:
+            raise ValueError(f"device {device!r} is not available here ({', '.join(self._devices) or 'auto'})")
+        self.device_combo.setCurrentIndex(index)
+
+    def status_text(self) -> str:
+        return self.status.text()
+
+    def _combo_for(self, role: str) -> QComboBox:
+        return {"segmentation": self.model_combo, "landmarks": self.landmark_combo,
+                "classification": self.classification_combo, "regression": self.regression_combo}[role]
+
+    def _message(self, text: str, level: str = "info", toast: bool = False) -> None:
+        self.status.show_message(text, level)
+        if toast:
+            notify(text, level)
+
+    # -- image and view -----------------------------------------------------------------------------
+    def _on_active_layer(self, event=None) -> None:
+        from napari.layers import Image
+
+        layer = self.viewer.layers.selection.active
+        if isinstance(layer, Image) and not self.running:
+            self.image_combo.set_layer(layer)
+
+    def _on_image_changed(self, *_args) -> None:
+        layer = self.image_layer()
+        if layer is None:
+            self.detected_label.setText("no image layer: open a cine study")
+            self.detected_label.setToolTip("File > Open (napari-cinema), or File > Open Sample > napari-cinema")
+            self._update_run_enabled()
+            return
+        try:
+            api.check_cine_layer(layer)
+        except api.NotACine as exc:
+            short = str(exc).split(":")[0]
+            self.detected_label.setText(f"<span style='color:{WARN}'>{short}</span>")
+            self.detected_label.setToolTip(str(exc))
+            self._update_run_enabled()
+            return
+        study = api.study_from_layer(layer)
+        view = study.view if study is not None else "unknown"
+        self.view_combo.blockSignals(True)
+        self.view_combo.setCurrentIndex(max(0, self.view_combo.findData(view)))
+        self.view_combo.blockSignals(False)
+        self._on_view_changed()
+        if study is None:
+            t, z, y, x = layer.data.shape
+            self.detected_label.setText(f"view unknown: choose it · {t} frames × {z} slices")
+            self.detected_label.setToolTip("the layer was not opened by napari-cinema: its view is not known")
+            self._update_run_enabled()
+            return
+        dt = study.spacing[0]
+        timing = f" · {dt:.0f} ms/frame" if dt else " · timing unknown"
+        detected = view.upper().replace("_", " ") if view in VIEW_TITLES else "view unknown: choose it"
+        self.detected_label.setText(f"detected {detected} · {study.n_frames} frames × {study.n_slices} "
+                                    f"slice{'s' if study.n_slices != 1 else ''}{timing}")
+        self.detected_label.setToolTip(study.source or "")
+        self._update_run_enabled()
+
+    def _on_view_changed(self, *_args) -> None:
+        self._fill_models()
+        is_lax = self.view() in api.LAX_VIEWS
+        self.landmark_combo.setVisible(is_lax)
+        self.landmark_label.setVisible(is_lax)
+
+    # -- registry -------------------------------------------------------------------------------------
+    def refresh_models(self) -> None:
+        """Read the registry (and the devices) in a worker; the combos fill when it is done."""
+        from napari.qt.threading import create_worker
+
+        if self._registry_worker is not None:
+            return
+        self.refresh_button.setEnabled(False)
+        worker = create_worker(_load_registry, _start_thread=False)
+        worker.returned.connect(self._on_registry)
+        worker.errored.connect(self._on_registry_error)  # bound methods: dropped if the dock is deleted
+        worker.finished.connect(self._on_registry_finished)
+        self._registry_worker = worker
+        worker.start()
+
+    def _on_registry_error(self, exc: BaseException) -> None:
+        self.model_info.setText(f"<span style='color:{WARN}'>cannot read the model registry: {exc}</span>")
+
+    def _on_registry_finished(self) -> None:
+        self._registry_worker = None
+        self.refresh_button.setEnabled(True)
+
+    def _on_registry(self, found: dict[str, Any]) -> None:
+        self._models = list(found["models"])
+        self._devices = dict(found["devices"])
+        self._offline = bool(found["offline"])
+        current = self.device_combo.currentData()
+        self.device_combo.blockSignals(True)
+        self.device_combo.clear()
+        for name in self._devices:
+            self.device_combo.addItem(name, name)
+        index = self.device_combo.findData(current)
+        self.device_combo.setCurrentIndex(max(0, index))
+        self.device_combo.blockSignals(False)
+        self._show_device()
+        self._fill_models()
+        self.models_loaded.emit()
+
+    @property
+    def models_ready(self) -> bool:
+        return bool(self._devices)
+
+    def models_for(self, role: str, view: str | None = None) -> list:
+        view = view or self.view()
+        tasks = ROLE_TASKS[role]
+        rank = {"bundled": 0, "user": 1, "imported": 2, "published": 3}
+        found = [m for m in self._models if m.task in tasks and view in m.views]
+        found.sort(key=lambda m: (not m.available, not m.card.get("default", False), rank.get(m.source, 9), m.id))
+        return found
+
+    @staticmethod
+    def _item_text(info) -> str:
+        mark = "●" if info.available else "○"
+        data = f" · {info.training_data}" if info.training_data else ""
+        where = SOURCE_WORDS.get(info.source, info.source)
+        tail = "" if info.available else " · not downloaded"
+        return f"{mark} {info.id}  ({where}{data}{tail})"
+
+    def _fill_models(self) -> None:
+        view = self.view()
+        for role in ROLE_TASKS:
+            combo = self._combo_for(role)
+            previous = combo.currentData()
+            combo.blockSignals(True)
+            combo.clear()
+            infos = self.models_for(role, view)
+            if role != "segmentation":
+                combo.addItem("none", None)
+            elif view not in VIEW_TITLES:
+                combo.addItem("choose the view first", None)
+            elif not infos:
+                combo.addItem(f"no segmentation model for {view}", None)
+            for info in infos:
+                combo.addItem(self._item_text(info), info.id)
+                combo.setItemData(combo.count() - 1, info.description or info.id, Qt.ItemDataRole.ToolTipRole)
+            index = combo.findData(previous) if previous is not None else -1
+            if index < 0:
+                if role in ("segmentation", "landmarks"):
+                    # the default: an available model (bundled first); never preselect a download for extras
+                    avail = [i for i in infos if i.available]
+                    pick = avail[0].id if avail else (infos[0].id if infos and role == "segmentation" else None)
+                    index = combo.findData(pick)
+                index = max(0, index)
+            combo.setCurrentIndex(index)
+            combo.blockSignals(False)
+        self._show_model_info()
+        self._title_extras()
+
+    def _title_extras(self, *_args) -> None:
+        roles = ["classification", "regression"] + (["landmarks"] if self.view() in api.LAX_VIEWS else [])
+        chosen = [ROLE_WORDS[r].split()[0] for r in roles if self.model_id(r) is not None]
+        arrow = "▾" if self.more_button.isChecked() else "▸"
+        self.more_button.setText(("More models" + (f" ({len(chosen)})" if chosen else "")) + f" {arrow}")
+        self.more_button.setToolTip("Models run after the segmentation: " + (", ".join(chosen) or "none chosen"))
+
+    def _toggle_extras(self, on: bool) -> None:
+        self.extras.setVisible(on)
+        self._title_extras()
+
+    def _info(self, model_id: str | None):
+        for info in self._models:
+            if info.id == model_id:
+                return info
+        return None
+
+    def _show_model_info(self, *_args) -> None:
+        if not self._devices:
+            return
+        view = self.view()
+        infos = self.models_for("segmentation", view)
+        info = self._info(self.model_id())
+        title = VIEW_TITLES.get(view, view)
+        if view not in VIEW_TITLES:
+            self.model_info.setText(f"<span style='color:{WARN}'>Choose the view of this cine: the models "
+                                    f"are chosen for it.</span>")
+            self.model_info.setToolTip("")
+        elif info is None:
+            self.model_info.setText(
+                f"<span style='color:{WARN}'>No segmentation model for {title} cines here.<br>"
+                f"Import or download one, then press ⟳.</span>")
+            self.model_info.setToolTip(api.no_model_message(view))
+        else:
+            where = SOURCE_WORDS.get(info.source, info.source)
+            line = f"{info.task.replace('_', ' ')} · trained on {info.training_data or 'unknown data'} · {where}"
+            notes = []
+            if not any(i.available for i in infos):
+                notes.append(f"no trained {view} model here yet")
+            if info.problem:
+                notes.append("cannot be used (see tooltip)")
+            elif not info.available:
+                notes.append("hub offline: cannot download" if self._offline else "Run downloads it first")
+            note = " · ".join(notes)
+            text = line + (f"<br><span style='color:{WARN}'>{note}</span>" if note else "")
+            self.model_info.setText(text)
+            tip = [f"{info.id}", f"task: {info.task.replace('_', ' ')}; views: {', '.join(info.views)}",
+                   f"trained on: {info.training_data or 'unknown'}; source: {where}"]
+            if info.description:
+                tip.append(info.description)
+            if info.problem:
+                tip.append(f"problem: {info.problem}")
+            if not info.available:
+                tip.append("not downloaded: the hub is offline (HF_HUB_OFFLINE), so it cannot run here" if self._offline
+                           else "not downloaded: Run downloads it from the Hugging Face hub (mathpluscode/CineMA) "
+                                "into the local cache first")
+            if info.sha256:
+                tip.append(f"sha256: {info.sha256[:16]}…")
+            if info.training_data and "ACDC" in str(info.training_data):
+                tip.append("ACDC-trained weights: non-commercial research use only (CC BY-NC-SA 4.0)")
+            self.model_info.setToolTip("\n".join(tip))
+        self._update_run_enabled()
+
+    def _show_device(self, *_args) -> None:
+        name = self.device_combo.currentData() or "auto"
+        desc = self._devices.get(name)
+        self.device_label.setText(desc or "")
+        self.device_label.setToolTip(f"in use: {desc}" if desc else "")
+
+    def _update_run_enabled(self) -> None:
+        if self.running:
+            self.run_button.setEnabled(False)
+            return
+        layer = self.image_layer()
+        ok = layer is not None and self.model_id() is not None
+        if ok:
+            try:
+                api.check_cine_layer(layer)
+            except api.NotACine:
+                ok = False
+        self.run_button.setEnabled(ok)
+
+    # -- running ------------------------------------------------------------------------------------
+    def run(self, layer=None):
+        """Segment the chosen (or given) cine layer in a worker thread; returns the worker, or None with a
+        message (status line and a napari notification) when the run cannot start."""
+        from napari.qt.threading import create_worker
+
+        if self.running:
+            self._message("A run is already in progress: wait for it to finish or press Cancel.", "warning", True)
+            return None
+        layer = layer if layer is not None else self.image_layer()
+        try:
+            api.check_cine_layer(layer)
+        except api.NotACine as exc:
+            self._message(f"Cannot run: {exc}", "error", True)
+            return None
+        view = self.view()
+        if view not in api.STUDY_VIEWS:
+            self._message("Cannot run: choose the view of the cine first.", "error", True)
+            return None
+        if not self.models_ready:
+            self._message("The model registry is still being read; try again in a moment.", "warning", True)
+            return None
+        model_ids = {role: self.model_id(role) for role in ROLE_TASKS}
+        if view not in api.LAX_VIEWS:
+            model_ids["landmarks"] = None
+        if model_ids["segmentation"] is None:
+            self._message(f"Cannot run: {api.no_model_message(view)}.", "error", True)
+            return None
+        self._cancel = threading.Event()
+        self._cancel_reason = ""
+        self._run_layer = layer
+        make_study = _StudyMaker(layer, view)
+        cancel = self._cancel.is_set
+        device = self.device_combo.currentData() or "auto"
+        worker = create_worker(_job, make_study, model_ids, device, self._bridge, cancel, _start_thread=False)
+        worker.returned.connect(self._on_returned)
+        worker.finished.connect(self._on_finished)
+        self.worker = worker
+        self.run_button.setEnabled(False)
+        self.cancel_button.setEnabled(True)
+        # never the busy (0, 0) range: leaving it repaints the whole window at once (a GUI stall)
+        self.progress_bar.setRange(0, 1)
+        self.progress_bar.setValue(0)
+        self.progress_bar.setFormat("starting…")
+        self.progress_bar.setVisible(True)
+        self._message(f"Running {model_ids['segmentation']} on '{layer.name}' ({device})…")
+        worker.start()
+        return worker
+
+    def cancel(self, reason: str = "") -> None:
+        """Ask the running job to stop at the next batch; no layer is changed."""
+        if not self.running:
+            return
+        self._cancel_reason = reason
+        self._cancel.set()
+        self.cancel_button.setEnabled(False)
+        self.progress_bar.setFormat("cancelling…")
+        self._message(reason or "Cancelling…", "warning")
+
+    def _on_layer_removed(self, event=None) -> None:
+        layer = getattr(event, "value", None)
+        if self.running and same_layer(layer, self._run_layer):
+            self.cancel(f"The image layer '{layer.name}' was removed: the run was stopped and no layer was made.")
+        if same_layer(layer, self.labels_layer):
+            self.labels_layer = None
+        if same_layer(layer, self.points_layer):
+            self.points_layer = None
+
+    def _on_progress(self, done: int, total: int, message: str) -> None:
+        if not self.running:
+            return
+        if total > 0:
+            if self.progress_bar.maximum() != total:
+                self.progress_bar.setRange(0, total)
+            self.progress_bar.setValue(min(done, total))
+        self.progress_bar.setFormat(f"{message} ({done}/{total})" if total > 0 else message)
+
+    def _on_returned(self, outcome: tuple[str, Any]) -> None:
+        self._outcome = outcome
+
+    def _on_finished(self) -> None:
+        # the results go to the layers in their own event-loop turn, and the dock's own updates in the
+        # next one, so that the GUI can breathe between them
+        QTimer.singleShot(0, self._complete)
+
+    def _complete(self) -> None:
+        outcome, self._outcome = self._outcome, None
+        status, value = outcome if outcome is not None else ("error", RuntimeError("the run ended without a result"))
+        layer = self._run_layer
+        if status == "ok" and self._cancel.is_set():
+            status = "cancelled"  # Cancel was pressed after the last batch: the results are dropped all the same
+        if status == "cancelled":
+            self._finish("cancelled", self._cancel_reason or "Cancelled: no layer was changed.", "warning")
+        elif status == "error":
+            exc = value
+            if isinstance(exc, user_error_types()):
+                self._finish("error", f"Run failed: {exc}", "error", toast=True)
+            else:
+                self._finish("error", f"Run failed ({type(exc).__name__}: {exc}); see the notification for "
+                                      "the traceback.", "error")
+                notify_exception(exc)
+        elif layer is None or not any(same_layer(layer, other) for other in self.viewer.layers):
+            self._finish("discarded", "The image layer was removed during the run: results discarded.", "warning")
+        else:
+            results = value
+            self.last_results = results
+            self.labels_layer, self.points_layer = api.apply_results(self.viewer, layer, results)
+            prov = results.segmentation.provenance
+            extra = [r for r in ("landmarks", "classification", "regression") if getattr(results, r) is not None]
+            text = (f"Segmented {results.study.n_frames} frames × {results.study.n_slices} slices in "
+                    f"{results.seconds:.1f} s with {prov.get('model_id')} on "
+                    f"{prov.get('device_description', prov.get('device'))} ({prov.get('precision')})"
+                    + (f"; also {', '.join(extra)}" if extra else "") + ".")
+            warnings = [w for w in prov.get("warnings", []) if w]
+            if warnings:
+                text += " Note: " + "; ".join(warnings[:2])
+            self._finish("ok", text, "ok")
+        QTimer.singleShot(0, self._announce)
+
+    def _finish(self, outcome: str, text: str, level: str, toast: bool = False) -> None:
+        self._pending_outcome = (outcome, text, level, toast)
+
+    def _announce(self) -> None:
+        outcome, text, level, toast = self._pending_outcome
+        self._pending_outcome = ("error", "", "info", False)
+        self.worker = None
+        self._run_layer = None
+        self.cancel_button.setEnabled(False)
+        self.progress_bar.setVisible(False)
+        self._message(text, level, toast)
+        self._update_run_enabled()
+        self.run_finished.emit(outcome)
+
+
+class _StudyMaker:
+    """Builds the study in the worker (foreign layers convert their data there, not in the GUI)."""
+
+    def __init__(self, layer, view: str):
+        self.layer = layer
+        self.view = view
+
+    def __call__(self):
+        return api.study_for_layer(self.layer, self.view)
