@@ -68,6 +68,11 @@ def _cmd_view(args: argparse.Namespace) -> int:
         viewer.open_sample("napari-cinema", f"phantom_{args.sample}")
     for path in args.paths:
         viewer.open(str(path), plugin="napari-cinema")
+    if not args.no_docks:
+        from .api import open_analysis_dock, open_function_dock
+
+        open_analysis_dock(viewer)
+        open_function_dock(viewer)
     napari.run()
     return 0
 
@@ -105,6 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("view", help="open napari with studies or the phantom sample")
     p.add_argument("paths", type=Path, nargs="*", help="studies to open")
     p.add_argument("--sample", choices=["sax", "lax_4c", "lax_2c"], help="open a phantom sample")
+    p.add_argument("--no-docks", action="store_true", help="do not open the analysis and function docks")
     p.set_defaults(handler=_cmd_view)
 
     return parser
