@@ -26,3 +26,9 @@ def shared_spec() -> Path:
     if not SHARED_SPEC.is_dir():
         pytest.skip(f"CineMA spec not present at {SHARED_SPEC}")
     return SHARED_SPEC
+
+
+@pytest.fixture(autouse=True)
+def _isolated_user_models(tmp_path_factory, monkeypatch):
+    """Tests never read or write the user's own model folder (fine-tuned and imported models)."""
+    monkeypatch.setenv("NAPARI_CINEMA_HOME", str(tmp_path_factory.mktemp("napari_cinema_home")))
