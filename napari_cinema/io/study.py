@@ -143,12 +143,8 @@ class CineStudy:
     def napari_units(self) -> tuple[str, str, str, str]:
         return ("ms" if self.spacing[0] else "", "mm", "mm", "mm")
 
-    def layer_metadata(self) -> dict[str, Any]:
-        """Metadata carried on napari layers so widgets can rebuild the study."""
-        return {"cinema_study": self.header()}
-
     def header(self) -> "CineStudy":
-        """A copy without the big arrays' labels (the image is shared, not copied)."""
+        """A copy without the labels, carried in layer metadata (the image array is shared, not copied)."""
         return replace(self, labels=None)
 
     # -- geometry --------------------------------------------------------------------------------
