@@ -13,23 +13,9 @@ import yaml
 
 from napari_cinema.model import checkpoint as ck
 from napari_cinema.model.checkpoint import CheckpointError
+from helpers import tiny_seg_config
 
 factory = pytest.importorskip("napari_cinema.model.factory")
-
-
-def tiny_seg_config(view: str = "lax_4c", out_chans: int = 4) -> dict:
-    """A ~56 k-parameter 2-D ConvUNetR (32 x 32) built through the real factory."""
-    return {
-        "task": "segmentation",
-        "data": {"name": "acdc", "lax": {"spacing": [1.0, 1.0], "patch_size": [32, 32], "in_chans": 1}},
-        "model": {
-            "name": "convunetr",
-            "views": view,
-            "out_chans": out_chans,
-            "convunetr": {"size": "tiny", "enc_conv_chans": [8, 16], "enc_conv_n_blocks": 1,
-                          "dec_chans": [8, 8, 16, 16, 16]},
-        },
-    }
 
 
 def build(config: dict, seed: int = 0) -> torch.nn.Module:

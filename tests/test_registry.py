@@ -19,26 +19,13 @@ from napari_cinema.model import commands, hub, registry
 from napari_cinema.model.checkpoint import CheckpointError
 from napari_cinema.model.hub import HubUnavailable
 from napari_cinema.model.registry import ModelRegistry, RegistryError, UnknownModel
+from helpers import tiny_seg_config
 
 factory = pytest.importorskip("napari_cinema.model.factory")
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 SEG_ID = "cinema/segmentation/mnms2_lax_4c/0"
 SEG_FOLDER = "finetuned/segmentation/mnms2_lax_4c"
-
-
-def tiny_seg_config(view: str = "lax_4c", out_chans: int = 4) -> dict:
-    return {
-        "task": "segmentation",
-        "data": {"name": "mnms2", "lax": {"spacing": [1.0, 1.0], "patch_size": [32, 32], "in_chans": 1}},
-        "model": {
-            "name": "convunetr",
-            "views": view,
-            "out_chans": out_chans,
-            "convunetr": {"size": "tiny", "enc_conv_chans": [8, 16], "enc_conv_n_blocks": 1,
-                          "dec_chans": [8, 8, 16, 16, 16]},
-        },
-    }
 
 
 def tiny_weights(path: Path, config: dict, seed: int = 0) -> Path:
@@ -74,7 +61,7 @@ def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Path]:
 
 @pytest.fixture
 def seg_in_cache(env: dict[str, Path], tmp_path: Path) -> Path:
-    cfg = tiny_seg_config()
+    cfg = tiny_seg_config(data_name="mnms2")
     weights = tiny_weights(tmp_path / "src" / "w.safetensors", cfg, seed=4)
     return make_hf_cache(env["cache"], {
         f"{SEG_FOLDER}/mnms2_lax_4c_0.safetensors": weights.read_bytes(),
@@ -188,7 +175,7 @@ def test_download_reports_progress_and_fills_the_cache(env: dict[str, Path], tmp
     from huggingface_hub import constants
 
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-    cfg = tiny_seg_config()
+    cfg = tiny_seg_config(data_name="mnms2")
     weights = tiny_weights(tmp_path / "src" / "w.safetensors", cfg).read_bytes()
     _FakeHub.files = {f"{SEG_FOLDER}/mnms2_lax_4c_0.safetensors": weights,
                       f"{SEG_FOLDER}/config.yaml": yaml.safe_dump(cfg).encode()}
@@ -218,7 +205,7 @@ def test_download_reports_progress_and_fills_the_cache(env: dict[str, Path], tmp
 
 def test_list_models_sources_and_filters(env: dict[str, Path], seg_in_cache: Path, tmp_path: Path) -> None:
     bundled = env["bundled"] / "default-lax-seg"
-    tiny_weights(bundled / "model.safetensors", tiny_seg_config(), seed=1)
+    tiny_weights(bundled / "model.safetensors", tiny_seg_config(data_name="mnms2"), seed=1)
     (bundled / "card.md").write_text("# default-lax-seg\n\nA small LAX segmentation model.\n")
     infos = {i.id: i for i in registry.list_models()}
     assert len([i for i in infos.values() if i.source == "published"]) == 64
@@ -268,7 +255,7 @@ def test_unknown_id_lists_close_matches(env: dict[str, Path]) -> None:
 
 
 def test_import_validates_copies_and_refuses_overwrite(env: dict[str, Path], tmp_path: Path) -> None:
-    cfg = tiny_seg_config()
+    cfg = tiny_seg_config(data_name="mnms2")
     src = tiny_weights(tmp_path / "runs" / "a" / "best.safetensors", cfg, seed=7)
     info = registry.import_model(src, "my-lax-seg")
     folder = env["home"] / "models" / "my-lax-seg"
@@ -293,7 +280,7 @@ def test_import_validates_copies_and_refuses_overwrite(env: dict[str, Path], tmp
 
     # a file that does not match its config is refused before anything is copied
     wrong = tmp_path / "wrong.yaml"
-    wrong.write_text(yaml.safe_dump(tiny_seg_config(out_chans=3)))
+    wrong.write_text(yaml.safe_dump(tiny_seg_config(out_chans=3, data_name="mnms2")))
     with pytest.raises(CheckpointError, match="pred_head_dict.lax_4c.weight: file \\(4, 8, 1, 1\\) vs model"):
         registry.import_model(src, "bad-one", config=wrong)
     assert not (env["home"] / "models" / "bad-one").exists()
@@ -304,7 +291,7 @@ def test_import_validates_copies_and_refuses_overwrite(env: dict[str, Path], tmp
 
 
 def test_imported_copy_stands_in_for_a_published_model(env: dict[str, Path], tmp_path: Path) -> None:
-    cfg = tiny_seg_config()
+    cfg = tiny_seg_config(data_name="mnms2")
     src = tiny_weights(tmp_path / "dl" / "mnms2_lax_4c_0.safetensors", cfg, seed=2)
     registry.import_model(src, SEG_ID)  # config found beside the file
     info = registry.get_model_info(SEG_ID)
@@ -317,7 +304,7 @@ def test_imported_copy_stands_in_for_a_published_model(env: dict[str, Path], tmp
 
 def test_register_run_folder(env: dict[str, Path], tmp_path: Path) -> None:
     run = tmp_path / "run-1"
-    cfg = tiny_seg_config()
+    cfg = tiny_seg_config(data_name="mnms2")
     tiny_weights(run / "final.safetensors", cfg)
     (run / "card.md").write_text("# run-1\n\nFine-tuned on my clinic's 4-chamber cines.\n")
     reg = ModelRegistry(user_dir=env["home"] / "models", bundled_dir=env["bundled"], cache_dir=env["cache"])
@@ -361,7 +348,7 @@ def test_models_commands(env: dict[str, Path], seg_in_cache: Path, tmp_path: Pat
     assert commands.main(["models", "download", SEG_ID]) == 0
     assert "already cached" in capsys.readouterr().out
 
-    src = tiny_weights(tmp_path / "x" / "w.safetensors", tiny_seg_config())
+    src = tiny_weights(tmp_path / "x" / "w.safetensors", tiny_seg_config(data_name="mnms2"))
     assert commands.main(["models", "import", str(src), "--id", "cli-model"]) == 0
     assert "imported" in capsys.readouterr().out
     assert commands.main(["models", "import", str(src), "--id", "cli-model"]) == 2
