@@ -191,12 +191,40 @@ def test_round_trip_sax_larger_than_patch_is_centred_on_lv():
     net = BandNet("sax")
     result = run_segmentation(study, net, seg_spec(), device="cpu")
     info = result.provenance["centring"]
-    assert info["method"] == "downsample"
+    assert info["method"] == "motion"  # the beating LV is where the cine moves
     cz, cy, cx = info["centre_voxel_zyx"]
     assert abs(cy - ((231 - 1) / 2 + 40.0 / 1.7)) < 1.0 and abs(cx - ((247 - 1) / 2 - 30.0 / 1.3)) < 1.0
     stop, start = np.array(info["region"]["stop_xyz"]), np.array(info["region"]["start_xyz"])
     assert list(stop - start)[:2] == [192, 192]  # one network input, same crop for every frame
     assert_dice(result.labels, expected_labels(study.image))
+
+
+def test_centring_ignores_a_static_lv_lookalike_outside_the_heart():
+    # The failure seen on ACDC: a whole-field first pass found a false LV (bright, still tissue) far
+    # from the heart and cropped there. A larger static decoy with LV intensity sits 110 mm away.
+    spacing = (25.0, 8.0, 1.5, 1.5)
+    study = make_study(nt=6, nz=6, ny=240, nx=240, spacing=spacing, centre_mm=(-50.0, -50.0))
+    y, x = np.meshgrid((np.arange(240) - 119.5) * 1.5, (np.arange(240) - 119.5) * 1.5, indexing="ij")
+    decoy = np.hypot(y - 60.0, x - 60.0) < 30.0
+    study.image[:, :, decoy] = LEVELS[3]
+    result = run_segmentation(study, BandNet("sax"), seg_spec(), device="cpu")
+    info = result.provenance["centring"]
+    assert info["method"] == "motion"
+    cz, cy, cx = info["centre_voxel_zyx"]
+    assert abs(cy - (119.5 - 50.0 / 1.5)) < 2.0 and abs(cx - (119.5 - 50.0 / 1.5)) < 2.0
+    # the whole-field pass alone picks the bigger decoy: what the motion prior is for
+    whole = run_segmentation(study, BandNet("sax"), seg_spec(), device="cpu", centring="downsample")
+    assert whole.provenance["centring"]["centre_voxel_zyx"][1] > 119.5
+
+
+def test_centring_without_motion_falls_back_to_the_whole_field_pass():
+    study = make_study(nt=1, nz=6, ny=231, nx=247, spacing=(25.0, 8.0, 1.7, 1.3), centre_mm=(40.0, -30.0))
+    result = run_segmentation(study, BandNet("sax"), seg_spec(), device="cpu")
+    info = result.provenance["centring"]
+    assert info["method"] == "downsample"
+    assert "first pass (motion) found no LV" in info["warnings"]
+    cz, cy, cx = info["centre_voxel_zyx"]
+    assert abs(cy - ((231 - 1) / 2 + 40.0 / 1.7)) < 1.0 and abs(cx - ((247 - 1) / 2 - 30.0 / 1.3)) < 1.0
 
 
 def test_round_trip_sliding_centring_and_odd_sizes():
@@ -285,9 +313,9 @@ def test_batched_equals_per_frame_loop():
     batched = run_segmentation(study, batched_net, seg_spec(), device="cpu", batch_frames=5)
     loop = run_segmentation(study, loop_net, seg_spec(), device="cpu", batch_frames=1)
     np.testing.assert_array_equal(batched.labels, loop.labels)
-    # 224 mm field of view: a centring pass over 3 frames, then the 5 frames
-    assert [c[0] for c in batched_net.calls] == [3, 5]
-    assert [c[0] for c in loop_net.calls] == [1] * 8
+    # 224 mm field of view: a centring pass over 3 frames (2 windows wide), then the 5 frames
+    assert [c[0] for c in batched_net.calls] == [3, 3, 5]
+    assert [c[0] for c in loop_net.calls] == [1] * 11
 
 
 def test_real_network_batched_equals_per_frame_and_loaded_model():
@@ -709,5 +737,5 @@ def test_phantom_study(overrides):
     expected = np.where(expected_labels(study.image) >= 2, 3, 0).astype(np.uint8)
     assert result.labels.shape == study.shape
     assert dice(result.labels, expected, 3) > 0.95
-    if overrides.get("matrix") == 200:  # 320 mm field of view: centred on the (blood-pool) LV
-        assert result.provenance["centring"]["method"] == "downsample"
+    if overrides.get("matrix") == 200:  # 320 mm field of view: the crop comes from the motion-prior pass
+        assert result.provenance["centring"]["method"] == "motion"

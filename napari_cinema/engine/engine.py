@@ -21,7 +21,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from .centring import CentringInfo, HeartBox, centring_frames, find_heart, region_around
+from .centring import CentringInfo, HeartBox, centring_frames, find_heart, motion_centre, region_around
 from .devices import (
     auto_batch_frames,
     autocast_dtype,
@@ -48,7 +48,7 @@ from .spec import LANDMARK_NAMES, ModelSpec, resolve_model, view_group
 ProgressFn = Callable[[int, int, str], None]
 CancelFn = Callable[[], Any]
 
-CENTRING_MODES = ("auto", "downsample", "sliding", "none")
+CENTRING_MODES = ("auto", "motion", "downsample", "sliding", "none")
 HEATMAP_BETA = 1000.0
 
 
@@ -395,8 +395,36 @@ def _dense_chunks(runner: _Runner, image: np.ndarray, frames: list[int], region:
 # --------------------------------------------------------------------------------------------------
 
 
-def _first_pass(runner: _Runner, image: np.ndarray, frames: list[int], axes, patch, mode: str) -> HeartBox | None:
-    """Run the network over the whole field of view on ``frames`` and find the heart."""
+def _first_pass(runner: _Runner, study, frames: list[int], axes, patch, mode: str) -> HeartBox | None:
+    """Run the network on ``frames`` (around the motion peak, or over the whole field of view) and
+    find the heart."""
+    image = study.image
+    if mode == "motion":
+        centre = motion_centre(image, study.spacing[1:])
+        if centre is None:
+            return None
+        centre_mm = _centre_mm_from_voxel(axes, centre)
+        # 1.5 network inputs in plane (sliding windows): room for a large heart off the motion peak
+        wide = tuple(min(ax.m, int(round(1.5 * p))) if k < 2 else p for k, (ax, p) in enumerate(zip(axes, patch)))
+        region = region_around(axes, wide, centre_mm)
+        heart = None
+        for _grow in range(3):  # a heart cut by the region's edge: run again on a region that holds it
+            near = [ax.from_mm(centre_mm[k]) - region.start[k] for k, ax in enumerate(axes)]
+            labels = []
+            for _idx, out in _dense_chunks(runner, image, frames, region, patch, "softmax",
+                                           "centring (motion) frame"):
+                labels.append(out.argmax(dim=1).to(torch.uint8).cpu().numpy())
+            heart = find_heart(np.concatenate(labels), axes, offset=region.start, near_xyz=near)
+            if heart is None:
+                return None
+            bigger = region_around(axes, patch, heart.centre_mm, heart.lo_mm, heart.hi_mm)
+            bigger = Region(axes, tuple(min(a, b) for a, b in zip(bigger.start, region.start)),
+                            tuple(max(a, b) for a, b in zip(bigger.stop, region.stop)))
+            if bigger == region:
+                break
+            runner.total += len(frames)
+            region, centre_mm = bigger, heart.centre_mm
+        return heart
     if mode == "downsample":
         t = fit_spacing(axes, patch)
         p_axes = (axes[0].rescaled(t), axes[1].rescaled(t), axes[2])
@@ -435,14 +463,14 @@ def _choose_region(runner: _Runner, study, axes, patch, centring: str,
         info = CentringInfo("fov")
     else:
         frames = centring_frames(study.n_frames, study.ed_frame, study.es_frame)
-        modes = {"auto": ["downsample", "sliding"], "downsample": ["downsample"], "sliding": ["sliding"],
-                 "none": []}[centring]
+        modes = {"auto": ["motion", "downsample", "sliding"], "motion": ["motion"], "downsample": ["downsample"],
+                 "sliding": ["sliding"], "none": []}[centring]
         heart = None
         used = "image-centre"
         warnings = []
         for mode in modes:
             runner.total += len(frames)
-            heart = _first_pass(runner, study.image, frames, axes, patch, mode)
+            heart = _first_pass(runner, study, frames, axes, patch, mode)
             if heart is not None:
                 used = mode
                 break
@@ -480,9 +508,10 @@ def run_segmentation(study, model, spec: ModelSpec | None = None, *, device: str
         cancel: polled between chunks and windows; returning True (or raising :class:`Cancelled`)
             stops the run with :class:`Cancelled`.
         view: overrides the study's view for the compatibility check (e.g. for view 'unknown').
-        centring: 'auto' (downsampled first pass, then a full-resolution sliding first pass, then the
-            image centre), 'downsample', 'sliding' or 'none' (image centre); only used when the field
-            of view is larger than the network input.
+        centring: 'auto' (first pass around the motion peak, then a downsampled whole-field pass,
+            then a full-resolution sliding pass, then the image centre), 'motion', 'downsample',
+            'sliding' or 'none' (image centre); only used when the field of view is larger than the
+            network input.
         centre_zyx: an explicit crop centre in study voxels (z, y, x); skips the first pass.
         precision: 'auto' | 'fp32' | 'bf16' | 'fp16' (see :func:`~.devices.autocast_dtype`).
         frames: only these frames (others stay 0); default all.
