@@ -95,8 +95,8 @@ def find_heart(labels_xyz: np.ndarray, axes: tuple[AxisMap, AxisMap, AxisMap], o
     """The LV and heart of label maps ``(F, X, Y, Z)`` on a model grid (region offset ``offset``).
 
     Uses the union over the F frames; the LV is the largest connected LV component of at least
-    ``min_lv_ml``; given ``near_xyz`` (region voxel coordinates), the largest of those whose centroid
-    lies within ``near_mm`` of it in the image plane (else the nearest one). None when there is none.
+    ``min_lv_ml``; given ``near_xyz`` (region voxel coordinates), the one with the largest volume
+    times a Gaussian (sigma ``near_mm``) of its in-plane distance to that point. None when there is none.
     """
     labels_xyz = np.asarray(labels_xyz)
     if labels_xyz.ndim == 3:
@@ -118,8 +118,10 @@ def find_heart(labels_xyz: np.ndarray, axes: tuple[AxisMap, AxisMap, AxisMap], o
         near = np.asarray(near_xyz, dtype=np.float64)[:2]
         mm = np.array([axes[0].t, axes[1].t])
         dist = np.array([float(np.linalg.norm((np.asarray(c[:2]) - near) * mm)) for c in centroids])
-        close = [i for i, d in zip(big, dist) if d <= near_mm]
-        best = max(close, key=lambda i: sizes[i]) if close else big[int(np.argmin(dist))]
+        # size weighted by closeness: the motion peak can sit on the RV or the diaphragm, tens of mm
+        # from the LV, while false LVs far away are often larger than the real one
+        score = sizes[big] * np.exp(-0.5 * (dist / near_mm) ** 2)
+        best = big[int(np.argmax(score))]
     lv_ml = float(sizes[best]) * voxel_ml
     lv_mask = cc == best
     fg = np.any(labels_xyz > 0, axis=0)
