@@ -87,23 +87,15 @@ def test_label_convention_override(tmp_path: Path) -> None:
 
 
 def test_correction_store_scores_original_against_final(tmp_path: Path) -> None:
+    from napari_cinema.annotations.store import CorrectionStore
     from napari_cinema.sample_data.phantom import make_phantom
 
     study, _ = make_phantom("sax", **PH)
-    case = tmp_path / "store" / "study1"
-    case.mkdir(parents=True)
-    aff = np.diag([4.0, 4.0, 10.0, 1.0])
-    xyzt = lambda a: np.ascontiguousarray(np.transpose(a, (3, 2, 1, 0)))  # noqa: E731
-    img = nib.Nifti1Image(xyzt(study.image), aff)
-    img.header.set_zooms((4.0, 4.0, 10.0, 40.0))
-    nib.save(img, str(case / "image.nii.gz"))
     final = study.labels
     original = final.copy()
     original[study.ed_frame][original[study.ed_frame] == 1] = 0  # the model missed the RV at ED
-    nib.save(nib.Nifti1Image(xyzt(final), aff), str(case / "final.nii.gz"))
-    nib.save(nib.Nifti1Image(xyzt(original), aff), str(case / "original.nii.gz"))
-    (case / "provenance.json").write_text(json.dumps({"model_id": "m1", "edited_frames": [study.ed_frame,
-                                                                                          study.es_frame]}))
+    CorrectionStore(tmp_path / "store").save(study, original, final, model_id="m1", model_sha256=None,
+                                             edited_frames=[study.ed_frame, study.es_frame])
     res = evaluate(tmp_path / "store")
     assert res["layout"] == "store" and res["model"]["id"] == "m1" and res["n_cases"] == 1
     assert res["dice"]["LV"] == 1.0 and res["dice"]["RV"] < 1.0

@@ -148,14 +148,17 @@ def test_bad_datasets_raise_clear_errors(tmp_path: Path) -> None:
         load_source({"type": "kaggle", "root": str(empty)})
     with pytest.raises(DatasetError, match="does not exist"):
         load_source({"type": "mnms", "root": str(tmp_path / "nowhere")})
-    # a correction store whose labels hold a value outside the label map
-    case = tmp_path / "store" / "case1"
-    case.mkdir(parents=True)
-    img = np.random.default_rng(0).random((16, 16, 2)).astype(np.float32)
-    lab = np.zeros((16, 16, 2), np.uint8)
+    # a correction store whose corrected labels were damaged on disk: a value outside the label map
+    from napari_cinema.annotations.store import CorrectionStore
+    from napari_cinema.sample_data.phantom import make_phantom
+
+    study, _ = make_phantom("sax", **PH)
+    entry = CorrectionStore(tmp_path / "store").save(study, study.labels, study.labels, model_id="m",
+                                                     model_sha256=None, edited_frames=[0])
+    final = entry.folder / "versions" / "000001" / "final.nii.gz"
+    lab = np.asanyarray(nib.load(str(final)).dataobj).copy()
     lab[4:8, 4:8] = 7
-    nib.save(nib.Nifti1Image(img, np.eye(4)), str(case / "image.nii.gz"))
-    nib.save(nib.Nifti1Image(lab, np.eye(4)), str(case / "final.nii.gz"))
+    nib.save(nib.Nifti1Image(lab, np.eye(4)), str(final))
     with pytest.raises(DatasetError, match=r"final\.nii\.gz: label values \[7\] are outside the label map"):
         load_source({"type": "store", "root": str(tmp_path / "store")})
     cfg = tiny(**{"data.train": [{"type": "store", "root": str(tmp_path / "store")}], "data.val": []})

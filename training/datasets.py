@@ -18,8 +18,9 @@ Source types (``type:`` key; paths are relative to ``data.root``)::
                 and neither is MYO on frames without an o-contour; only contoured slices count
     phantom     synthetic studies generated on the fly: view (sax | lax_2c | lax_4c), n, seed,
                 lvef [lo, hi] (uniform), edv_ml [lo, hi], plus any PhantomConfig field
-    store       a correction store: <case>/image.nii.gz + final.nii.gz (+ original.nii.gz,
-                provenance.json); labels in the internal convention (interface, see CorrectionStore)
+    store       a napari-cinema correction store (napari_cinema.annotations.store): the current
+                version of each study; labelled frames = the edited ones. options: cases [keys],
+                exclude [keys] (held out), with_original (keep the model output for scoring)
     csv         a CSV of per-study targets: columns path, target (+ optional ed_frame, es_frame, view)
     studies     any studies napari-cinema reads (paths or glob patterns), unlabelled (MAE pre-training)
 
@@ -51,7 +52,6 @@ __all__ = [
     "SOURCE_LABEL_MAPS",
     "SOURCE_TYPES",
     "CaseRecord",
-    "CorrectionStore",
     "DatasetError",
     "acdc_split",
     "check_labels",
@@ -494,106 +494,69 @@ def _load_phantom(spec: Mapping[str, Any], root: Path | None) -> list[CaseRecord
 
 
 # --------------------------------------------------------------------------------------------------
-# correction store (interface)
+# correction store
 # --------------------------------------------------------------------------------------------------
 
 
-class CorrectionStore:
-    """A folder of corrected segmentations, read as training / evaluation cases.
+def _store_record(store: Any, key: str, *, with_original: bool, repeat: int) -> CaseRecord:
+    """The current version of one study of a correction store as a record (labels = the corrections)."""
+    from napari_cinema.annotations.store import StoreError
 
-    Layout (one folder per case; the store module of napari_cinema.annotations, when it exists,
-    is expected to write the same)::
-
-        <store>/<case>/image.nii.gz       the cine (x, y, z[, t]); or image.json {"path": study}
-        <store>/<case>/final.nii.gz       the corrected labels (internal convention 0/1/2/3)
-        <store>/<case>/original.nii.gz    the model output before correction (optional)
-        <store>/<case>/provenance.json    {"model_id", "sha256", "edited_frames": [...], "view", ...}
-
-    Frames listed in ``edited_frames`` are the labelled ones (else every frame where ``final`` is
-    not empty). ``label_map`` in provenance.json (value -> name) overrides the internal one.
-    """
-
-    def __init__(self, root: str | Path):
-        self.root = Path(root)
-        if not self.root.is_dir():
-            raise DatasetError(f"correction store {self.root}: no such folder")
-
-    @staticmethod
-    def is_store(path: str | Path) -> bool:
-        p = Path(path)
-        return p.is_dir() and any((c / "final.nii.gz").is_file() or (c / "final.nii").is_file()
-                                  for c in p.iterdir() if c.is_dir())
-
-    def cases(self) -> list[Path]:
-        return sorted(c for c in self.root.iterdir()
-                      if c.is_dir() and ((c / "final.nii.gz").is_file() or (c / "final.nii").is_file()))
-
-    def _labels(self, path: Path, label_map: Mapping[int, str], shape: tuple[int, ...]) -> np.ndarray:
-        from napari_cinema.io.nifti import read_nifti
-
-        arr = read_nifti(path).image
-        if np.any(arr != np.round(arr)):
-            raise DatasetError(f"{path}: label map holds non-integer values")
-        lab = arr.astype(np.int64)
-        check_labels(lab, label_map, str(path))
-        if lab.shape != shape:
-            raise DatasetError(f"{path}: labels {lab.shape} do not match the image {shape} (t, z, y, x)")
-        return lab.astype(np.uint8)
-
-    def read_case(self, folder: Path, *, with_original: bool = False) -> CaseRecord:
-        from napari_cinema.io.load import load_study
-
-        prov: dict[str, Any] = {}
-        if (folder / "provenance.json").is_file():
-            try:
-                prov = json.loads((folder / "provenance.json").read_text(encoding="utf-8"))
-            except (OSError, json.JSONDecodeError) as exc:
-                raise DatasetError(f"{folder / 'provenance.json'}: unreadable ({exc})") from None
-        image_path = next((folder / n for n in ("image.nii.gz", "image.nii") if (folder / n).is_file()), None)
-        if image_path is None and (folder / "image.json").is_file():
-            image_path = Path(json.loads((folder / "image.json").read_text())["path"])
-        if image_path is None:
-            raise DatasetError(f"correction store case {folder}: no image.nii.gz (or image.json)")
-        try:
-            study = load_study(image_path)
-        except CineLoadError as exc:
-            raise DatasetError(f"correction store case {folder}: {exc}") from exc
-        if prov.get("view"):
-            study.view = str(prov["view"])
-        label_map = {int(k): str(v) for k, v in (prov.get("label_map") or INTERNAL_LABEL_MAP).items()}
-        final = next(folder / n for n in ("final.nii.gz", "final.nii") if (folder / n).is_file())
-        labels = self._labels(final, label_map, study.shape)
-        edited = prov.get("edited_frames")
-        if edited:
-            frames = tuple(sorted(int(t) for t in edited))
-        else:
-            frames = tuple(int(t) for t in range(study.n_frames) if labels[t].any())
-        _, dz, dy, dx = study.spacing
-        rec = CaseRecord(
-            case_id=folder.name, source="store", view=study.view, image=study.image, spacing=(dz, dy, dx),
-            labels=labels, labelled_frames=frames, ed_frame=study.ed_frame, es_frame=study.es_frame,
-            label_map=label_map, source_label_map=label_map, path=str(folder),
-        )
-        if rec.ed_frame is None and frames:
-            lv = {t: int((labels[t] == LV).sum()) for t in frames}
-            if len(frames) >= 2:
-                rec.ed_frame, rec.es_frame = max(lv, key=lv.get), min(lv, key=lv.get)
-        if with_original:
-            orig = next((folder / n for n in ("original.nii.gz", "original.nii") if (folder / n).is_file()), None)
-            if orig is not None:
-                rec.targets["original_labels"] = self._labels(orig, label_map, study.shape)
-        rec.targets["provenance"] = prov
-        return _finish_targets(rec)
+    try:
+        stored = store.load(key)
+        if stored is None:
+            raise DatasetError(f"correction store {store.root}: study {key} has no saved version")
+        study = store.read_study(key, labels=False)
+    except StoreError as exc:
+        raise DatasetError(f"correction store {store.root}: {exc}") from None
+    label_map = stored.label_map
+    frames = tuple(stored.labelled_frames)
+    _, dz, dy, dx = study.spacing
+    rec = CaseRecord(
+        case_id=key, source="store", view=study.view, image=study.image, spacing=(dz, dy, dx),
+        labels=stored.final, labelled_frames=frames, ed_frame=study.ed_frame, es_frame=study.es_frame,
+        label_map=label_map, source_label_map=label_map, path=str(stored.folder), repeat=repeat,
+    )
+    if rec.ed_frame is None and frames and len(frames) == rec.n_frames:
+        # the whole cycle is labelled: ED and ES are the largest and smallest LV cavity
+        lv = {t: int((stored.final[t] == LV).sum()) for t in frames}
+        rec.ed_frame, rec.es_frame = max(lv, key=lv.get), min(lv, key=lv.get)
+    if with_original:
+        rec.targets["original_labels"] = stored.original
+    rec.targets["provenance"] = stored.provenance
+    rec.targets["store_version"] = stored.version
+    return _finish_targets(rec)
 
 
 def _load_store(spec: Mapping[str, Any], root: Path) -> list[CaseRecord]:
+    """A napari-cinema correction store (napari_cinema.annotations.store): the current version of each
+    study, its labelled frames the edited ones. Options: ``cases: [keys]`` (only these), ``exclude:
+    [keys]`` (held out, e.g. for validation), ``with_original`` (the stored model output in
+    ``targets['original_labels']``, for scoring it against the corrections)."""
+    from napari_cinema.annotations.store import CorrectionStore, StoreError, is_store
+
+    if not is_store(root):
+        raise DatasetError(f"correction store {root}: not a correction store (no store.json, no study folder "
+                           "with current.json and versions/)")
     store = CorrectionStore(root)
-    records = []
-    for c in store.cases():
-        rec = store.read_case(c, with_original=bool(spec.get("with_original", False)))
-        rec.repeat = int(spec.get("repeat", 1))
-        records.append(rec)
-    return records
+    try:
+        keys = store.keys()
+    except (StoreError, OSError) as exc:
+        raise DatasetError(f"correction store {root}: {exc}") from None
+    for opt in ("cases", "exclude"):
+        if isinstance(spec.get(opt), str):
+            raise DatasetError(f"correction store {root}: {opt} must be a list of study keys, got {spec[opt]!r}")
+    if spec.get("cases") is not None:
+        wanted = [str(k) for k in spec["cases"]]
+        missing = [k for k in wanted if k not in keys]
+        if missing:
+            raise DatasetError(f"correction store {root}: no study {', '.join(missing)} "
+                               f"(the store holds {', '.join(keys) or 'none'})")
+        keys = [k for k in keys if k in wanted]
+    excluded = {str(k) for k in spec.get("exclude") or []}
+    keys = [k for k in keys if k not in excluded]
+    return [_store_record(store, k, with_original=bool(spec.get("with_original", False)),
+                         repeat=int(spec.get("repeat", 1))) for k in keys]
 
 
 # --------------------------------------------------------------------------------------------------

@@ -2,8 +2,9 @@
 
 Datasets (recognised by layout): an ACDC folder (patientNNN/ with Info.cfg) or one patient, an M&Ms
 folder (<ID>_sa_ED[_gt].nii.gz), an M&Ms-2 folder (<ID>/<ID>_SA_ED...), a Sunnybrook folder
-(SCD*/contours), a correction store (<case>/final.nii.gz, see datasets.CorrectionStore), or a
-folder of ``<name>.nii.gz`` + ``<name>_gt.nii.gz`` pairs (``--labels`` gives their convention).
+(SCD*/contours), a napari-cinema correction store (napari_cinema.annotations.store: scored on the
+edited frames of each study's current version; without ``--model`` its stored model output is scored
+against the corrections), or a folder of ``<name>.nii.gz`` + ``<name>_gt.nii.gz`` pairs (``--labels`` gives their convention).
 
 Output JSON (DESIGN.md)::
 
@@ -37,7 +38,7 @@ import torch
 from napari_cinema.io.labels import CONVENTIONS, LV, MYO, RV, from_internal, to_internal
 from napari_cinema.io.study import CineStudy
 
-from .datasets import CaseRecord, CorrectionStore, DatasetError, load_source
+from .datasets import CaseRecord, DatasetError, load_source
 
 __all__ = ["EvaluationError", "detect_layout", "evaluate", "load_dataset", "load_eval_model", "score_case"]
 
@@ -62,10 +63,12 @@ def detect_layout(path: Path) -> str:
         if path.suffix == ".csv":
             return "csv"
         return "pairs"
+    from napari_cinema.annotations.store import is_store
+
+    if is_store(path):  # before ACDC: its marker file decides, without probing every study folder
+        return "store"
     if (path / "Info.cfg").is_file() or any((p / "Info.cfg").is_file() for p in path.iterdir() if p.is_dir()):
         return "acdc"
-    if CorrectionStore.is_store(path):
-        return "store"
     if (path / "contours").is_dir() or any((p / "contours").is_dir() for p in path.iterdir() if p.is_dir()):
         return "sunnybrook"
     names = [p.name for p in path.iterdir()]
@@ -341,8 +344,13 @@ def evaluate(dataset: str | Path, *, model: str | None = None, labels: str | Non
             def predict(rec: CaseRecord) -> np.ndarray:  # noqa: F811
                 return rec.targets["original_labels"]
 
-            ids = sorted({str((r.targets.get("provenance") or {}).get("model_id")) for r in records})
-            model_info = {"id": ids[0] if len(ids) == 1 else ids, "source": "correction store (original vs final)"}
+            provs = [r.targets.get("provenance") or {} for r in records]
+            ids = sorted({str(p.get("model_id")) for p in provs})
+            shas = sorted({str(p.get("model_sha256")) for p in provs if p.get("model_sha256")})
+            model_info = {"id": ids[0] if len(ids) == 1 else ids,
+                          "sha256": (shas[0] if len(shas) == 1 else shas) if shas else None,
+                          "source": "correction store (original vs final)",
+                          "versions": {r.case_id: r.targets.get("store_version") for r in records}}
         else:
             if model is None:
                 from napari_cinema.model.registry import find_default
