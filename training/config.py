@@ -80,6 +80,7 @@ DEFAULTS: dict[str, Any] = {
         "num_workers": 2,
         "threads": None,  # torch CPU threads of each process (None: torch's default)
         "val_every": 1,  # epochs
+        "val_at_start": False,  # validate the initial weights first ('baseline' event; fine-tuning before/after)
         "val_batch_size": None,
         "patience": 15,  # validation rounds without improvement before early stopping (0: never)
         "monitor": None,  # default per task

@@ -9,7 +9,8 @@ Run folder (rank 0 writes it; ``output.dir/output.name``, ``-2``, ``-3``... when
 
     train.yaml            the resolved training config (what --resume reads)
     config.yaml           the model config (published format) - written by save_checkpoint
-    metrics.jsonl         one JSON object per line: start, step, epoch, checkpoint, stopped, done, error
+    metrics.jsonl         one JSON object per line: start, baseline, step, epoch, checkpoint, early_stop,
+                          stopped, warning, done, error
     checkpoints/last.json pointer to the last good pair below (replaced atomically, last)
     checkpoints/last-<step>.safetensors + last-<step>.state.pt   weights + optimizer/scheduler/RNG state
     checkpoints/best.safetensors + best.json                    weights of the best validation round
@@ -23,6 +24,11 @@ Exact resume: the batch order of an epoch depends only on (seed, epoch); each sa
 only on its own seed; the state file holds the torch / numpy / python RNG states, the optimizer and
 scheduler, and the position inside the epoch. A run interrupted after k steps and resumed ends with
 the same weights, bit for bit, as an uninterrupted run (CPU, fixed seed, same number of workers).
+
+Fine-tuning (``init.weights``): ``init.freeze_encoder`` freezes the encoder (conv stem + ViT), and
+``train.val_at_start`` validates the initial weights before the first step (a ``baseline`` event; the
+card gets a before/after table). The baseline runs on fresh runs only, with every RNG state saved and
+restored around it, so it changes neither the training nor an exact resume.
 """
 
 from __future__ import annotations
@@ -67,12 +73,14 @@ from .datasets import DatasetError, describe_source, load_sources
 from .tasks import EpochBatchSampler, Task, build_task
 
 __all__ = [
+    "ENCODER_PREFIXES",
     "EXIT_STOPPED",
     "DiskFullError",
     "TrainResult",
     "Trainer",
     "TrainingError",
     "find_run_dir",
+    "freeze_encoder",
     "load_last_checkpoint",
     "param_groups",
     "train",
@@ -192,6 +200,20 @@ def param_groups(model: nn.Module, lr: float, weight_decay: float, layer_decay: 
     for g in out:
         g.pop("names")
     return out
+
+
+ENCODER_PREFIXES = ("enc_down_dict.", "encoder.", "enc_fusion_dict.")
+
+
+def freeze_encoder(model: nn.Module) -> int:
+    """Stop gradients to the encoder (conv stem, ViT, view fusion) of a ConvUNetR / ConvViT; returns how
+    many parameter tensors were frozen (0 means the model has no recognised encoder)."""
+    n = 0
+    for name, p in model.named_parameters():
+        if name.startswith(ENCODER_PREFIXES):
+            p.requires_grad_(False)
+            n += 1
+    return n
 
 
 def lr_lambda_factory(total_steps: int, warmup_steps: int, min_ratio: float) -> Callable[[int], float]:
@@ -483,6 +505,7 @@ class Trainer:
         self._write_config()
 
         # model
+        self.init_from: dict[str, Any] | None = None
         torch.manual_seed(seed)
         try:
             model = build_model(self.model_cfg, grad_ckpt=bool(cfg.get("grad_ckpt", False)))
@@ -547,10 +570,15 @@ class Trainer:
         self.last_val: dict[str, Any] = {}
         self._epoch_loss: tuple[float, int] = (0.0, 0)  # running (sum, count) of the current epoch
         self.resumed_from: int | None = None
+        self.baseline: dict[str, Any] = {}  # validation of the initial weights (train.val_at_start)
         if self.resume:
             self._load_state()
 
     def _resolve_weights(self, ref: str) -> Path:
+        return self._resolve_weights_info(ref)[0]
+
+    def _resolve_weights_info(self, ref: str) -> tuple[Path, Any]:
+        """(weights file, registry ModelInfo or None when ``ref`` is a file or folder)."""
         p = Path(os.path.expanduser(ref))
         if not p.is_absolute() and self.cfg.get("_source"):
             cand = Path(self.cfg["_source"]).parent / p
@@ -559,9 +587,9 @@ class Trainer:
         if p.is_dir():
             for name in ("model.safetensors", "checkpoints/best.safetensors"):
                 if (p / name).is_file():
-                    return p / name
+                    return p / name, None
         if p.is_file():
-            return p
+            return p, None
         try:
             from napari_cinema.model.registry import get_model_info
 
@@ -570,7 +598,7 @@ class Trainer:
             raise ConfigError(f"init: {ref!r} is neither a weights file nor a known model id ({exc})") from None
         if not info.available or info.path is None:
             raise ConfigError(f"init: model {ref!r} is not available locally ({info.problem or 'not downloaded'})")
-        return Path(info.path)
+        return Path(info.path), info
 
     def _init_weights(self, model: nn.Module) -> bool:
         init = self.cfg.get("init") or {}
@@ -588,9 +616,22 @@ class Trainer:
                 raise ConfigError(f"init.mae {path}: {exc}") from None
             pretrained = True
         if init.get("weights"):
-            path = self._resolve_weights(str(init["weights"]))
+            ref = str(init["weights"])
+            path, info = self._resolve_weights_info(ref)
             load_weights(model, path, strict=True)
             pretrained = True
+            card = dict(getattr(info, "card", None) or {})
+            self.init_from = {"id": info.id if info is not None else None, "path": str(path),
+                              "sha256": sha256_file(path), "source": info.source if info is not None else "file",
+                              "licence": card.get("licence"), "licence_note": card.get("licence_note"),
+                              "citations": card.get("citations") or [],
+                              "training_data": getattr(info, "training_data", None) or card.get("training_data")}
+            if init.get("freeze_encoder"):
+                n = freeze_encoder(model)
+                if n == 0:
+                    raise ConfigError(f"init.freeze_encoder: the {type(model).__name__} of {ref!r} has no "
+                                      "encoder parameters to freeze")
+                self.init_from["frozen_encoder_tensors"] = n
         return pretrained
 
     # -- checkpoints ------------------------------------------------------------------------------
@@ -622,6 +663,7 @@ class Trainer:
             "bad_rounds": self.bad_rounds,
             "last_val": _json_safe(self.last_val),
             "epoch_loss": [float(self._epoch_loss[0]), int(self._epoch_loss[1])],
+            "baseline": _json_safe(self.baseline),
         }
 
     def _on_main(self, fn: Callable[[], Any]) -> Any:
@@ -730,6 +772,7 @@ class Trainer:
         self.bad_rounds = int(state.get("bad_rounds", 0))
         self.last_val = dict(state.get("last_val") or {})
         self._epoch_loss = tuple(state.get("epoch_loss") or (0.0, 0))
+        self.baseline = dict(state.get("baseline") or {})
         rngs = state["rng"]
         if int(state.get("world_size", 1)) != self.dist.world_size:
             warnings.warn("resuming with another number of processes: the data order differs from the "
@@ -747,6 +790,22 @@ class Trainer:
             self.model.train()
         metrics = D.broadcast_object(metrics)
         return metrics
+
+    def _validate_baseline(self) -> None:
+        """Score the initial weights (the base model of a fine-tuning run) before any step.
+
+        Runs only on fresh runs, and every RNG state is put back afterwards: the training that follows,
+        and a resumed run, see exactly the random numbers they would without it."""
+        rng = _rng_state()
+        t0 = time.perf_counter()
+        try:
+            metrics = self._validate()
+        finally:
+            _set_rng_state(rng)
+        self.baseline = dict(metrics)
+        base = self.init_from or {}
+        self.log.emit("baseline", step=0, epoch=0, **metrics, monitor=self.monitor,
+                      base_model=base.get("id") or base.get("path"), seconds=round(time.perf_counter() - t0, 2))
 
     def _improved(self, value: float | None) -> bool:
         if value is None or not math.isfinite(value):
@@ -777,6 +836,9 @@ class Trainer:
                       train_cases=self.task.summary["train"]["cases"],
                       val_cases=self.task.summary.get("val", {}).get("cases", 0),
                       pretrained=self.pretrained, monitor=self.monitor)
+        if (self.cfg["train"].get("val_at_start") and self.resumed_from is None and self.step == 0
+                and self.task.has_validation()):
+            self._validate_baseline()
         self.net.train()
         t_start = time.perf_counter()
         steps_at_start = self.step
@@ -907,6 +969,12 @@ class Trainer:
             state = {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
             source = "last"
         card = self._card(status, source)
+        before, after = self.baseline.get(self.monitor), (card["metrics"]["validation"] or {}).get(self.monitor)
+        if before is not None and after is not None and ((after < before) if self.mode == "max" else (after > before)):
+            msg = (f"the new model's {self.monitor} ({after:.4g}) is worse than the base model's ({before:.4g}) on "
+                   "the same validation cases: more or different corrections, fewer epochs or a lower lr may help")
+            card.setdefault("warnings", []).append(msg)
+            self.log.emit("warning", message=msg)
         try:
             final = save_checkpoint(state, self.run_dir / "model.safetensors", config=self.model_cfg,
                                     metadata={"step": self.best.get("step") or self.step, "kind": "final",
@@ -934,6 +1002,7 @@ class Trainer:
                 self.log.emit("warning", message=f"not registered as {mid!r}: {exc}")
         self.log.emit("done", status=status, step=self.step, total_steps=self.total_steps, epoch=self.epoch,
                       best=self.best.get("value"), best_step=self.best.get("step"), monitor=self.monitor,
+                      baseline=self.baseline.get(self.monitor) if self.baseline else None,
                       weights=str(final), model_id=model_id, run_dir=str(self.run_dir))
         return model_id, final
 
@@ -942,6 +1011,13 @@ class Trainer:
 
         types = {str(s.get("type")) for part in ("train", "val") for s in (self.cfg["data"].get(part) or [])}
         licence, note, cites = licence_for(types)
+        base = self.init_from
+        if base and base.get("licence"):
+            # fine-tuned weights derive from the base weights: the base's terms come with them
+            licence = str(base["licence"])
+            note = (f"Fine-tuned from {base.get('id') or base.get('path')} ({licence}): "
+                    f"{base.get('licence_note') or ''} {note}").replace("  ", " ").strip()
+            cites = list(dict.fromkeys([*base.get("citations", []), *cites]))
         split = None
         acdc = [s for part in ("train", "val") for s in (self.cfg["data"].get(part) or [])
                 if s.get("type") == "acdc" and s.get("split")]
@@ -964,7 +1040,8 @@ class Trainer:
             "views": list(self.task.views),
             "status": status,
             "weights_from": source,
-            "training_data": ", ".join(sorted(types)),
+            "training_data": (f"{base['training_data']} + {', '.join(sorted(types))}"
+                              if base and base.get("training_data") else ", ".join(sorted(types))),
             "data": {"train_sources": self.sources["train"], "val_sources": self.sources["val"],
                      "train": self.task.summary.get("train"), "val": self.task.summary.get("val")},
             "split": split,
@@ -980,6 +1057,11 @@ class Trainer:
             "licence_note": note,
             "citations": cites,
             "config_sha256": hashlib.sha256(cfg_text.encode()).hexdigest(),
+            "base_model": ({k: base[k] for k in ("id", "path", "sha256", "source", "licence")}
+                           if base else None),
+            "frozen_encoder": bool(base and base.get("frozen_encoder_tensors")),
+            "baseline": ({"model": base.get("id") or base.get("path") if base else None, "metrics": self.baseline}
+                         if self.baseline else None),
             "created": _now(),
             "napari_cinema_version": version if isinstance(version, str) else None,
             "torch_version": torch.__version__,
@@ -1034,10 +1116,27 @@ def _card_md(card: Mapping[str, Any]) -> str:
                  "checkpoint")
     if m.get("best") is not None:
         lines.append(f"- best {m.get('monitor')}: {m['best']:.4g} (step {m.get('best_step')})")
+    base = card.get("base_model") or {}
+    if base:
+        lines.append(f"- fine-tuned from `{base.get('id') or base.get('path')}` (weights sha256 "
+                     f"`{base.get('sha256')}`){', encoder frozen' if card.get('frozen_encoder') else ''}")
+
+    def fmt(v: Any) -> str:
+        return "n/a" if v is None else (f"{v:.4g}" if isinstance(v, float) else str(v))
+
+    baseline = (card.get("baseline") or {}).get("metrics") or {}
+    if baseline:
+        base_name = (card.get("baseline") or {}).get("model")
+        lines += ["", "## Before / after (same validation cases)", "",
+                  f"| metric | base model ({base_name}) | this model |", "|---|---|---|"]
+        for k in [k for k in baseline if k.startswith("val_")]:
+            lines.append(f"| {k} | {fmt(baseline.get(k))} | {fmt(val.get(k))} |")
     if val:
         lines += ["", "## Validation metrics", "", "| metric | value |", "|---|---|"]
         for k, v in val.items():
-            lines.append(f"| {k} | {v if not isinstance(v, float) else f'{v:.4g}'} |")
+            lines.append(f"| {k} | {fmt(v)} |")
+    for w in card.get("warnings") or []:
+        lines += ["", f"**Warning:** {w}"]
     if card.get("citations"):
         lines += ["", "## Citation", ""] + [f"- {c}" for c in card["citations"]]
     lines += ["", f"weights sha256: `{card.get('weights_sha256')}`", ""]
