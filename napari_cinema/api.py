@@ -15,9 +15,11 @@ Use from the napari console, a notebook or a script::
     api.open_analysis_dock(viewer); api.open_function_dock(viewer)
 
 The docks call the same code: :func:`run_models` (Qt- and napari-free, run in a worker thread by the
-dock) produces :class:`CineResults`; :func:`apply_results` pushes them to layers in one go (main
-thread); :func:`analysis_inputs` gathers what :func:`compute_report` needs from the layers (main
-thread, cheap) and :func:`compute_report` runs :func:`napari_cinema.analysis.analyze_study` (any thread).
+dock) produces :class:`CineResults` (the dock's worker also runs :func:`prepare_results`, which makes the
+layers' arrays there); :func:`apply_results` pushes them to layers (main thread; the dock runs the same
+:func:`apply_results_steps` one step per event-loop turn); :func:`analysis_inputs` gathers what
+:func:`compute_report` needs from the layers (main thread, cheap) and :func:`compute_report` runs
+:func:`napari_cinema.analysis.analyze_study` (any thread).
 
 Result layers are created once per image layer and updated in place on a re-run; they are found again
 through ``metadata['cinema_result'] = {'kind': 'segmentation' | 'landmarks', 'of': str(<image unique_id>)}``.
@@ -48,27 +50,41 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = [
     "AnalysisInputs",
     "CineResults",
+    "CorrectionSnapshot",
     "ModelNotAvailable",
     "NotACine",
     "STUDY_VIEWS",
     "analysis_inputs",
     "analyze_layer",
     "apply_results",
+    "apply_stored_corrections",
     "check_cine_layer",
     "compute_report",
+    "correction_baseline",
+    "correction_snapshot",
     "default_model_id",
+    "edited_frames_of",
     "export_report",
     "find_landmarks_layer",
     "find_result_layer",
+    "has_unsaved_edits",
     "landmarks_from_points",
     "list_models",
     "load_registered_model",
+    "mark_edited",
     "open_analysis_dock",
+    "open_corrections_dock",
+    "open_finetune_dock",
     "open_function_dock",
+    "prepare_results",
     "run_models",
+    "save_corrections",
     "segment_layer",
+    "stored_corrections_for",
     "study_for_labels",
     "study_for_layer",
+    "study_from_layer",
+    "write_snapshot",
 ]
 
 STUDY_VIEWS = ("sax", "lax_2c", "lax_3c", "lax_4c")
@@ -76,6 +92,8 @@ LAX_VIEWS = ("lax_2c", "lax_3c", "lax_4c")
 PLUGIN = "napari-cinema"
 ANALYSIS_DOCK = "Cine analysis"
 FUNCTION_DOCK = "Cardiac function"
+CORRECTIONS_DOCK = "Corrections"
+FINETUNE_DOCK = "Fine-tuning"
 
 # Registry task names (napari_cinema.model.registry) per role.
 SEGMENTATION_TASKS = ("segmentation",)
@@ -291,6 +309,7 @@ class CineResults:
     regression: Any = None  # engine.RegressionResult
     models: dict[str, dict[str, Any]] = field(default_factory=dict)  # role -> registry facts
     seconds: float = 0.0
+    layer_parts: Any = None  # LayerParts made off the GUI thread by prepare_results (optional)
 
     def model_outputs(self) -> dict[str, Any]:
         """Classification / EF-regression outputs as stored on the labels layer (``cinema_models``)."""
@@ -391,7 +410,8 @@ def run_models(study: CineStudy, model_id: str, *, device: str = "auto", view: s
 # results -> layers (main thread)
 # --------------------------------------------------------------------------------------------------
 
-OWN_KEYS = ("cinema_result", "cinema_models", "provenance", "model", "labelled_frames", "edited")
+OWN_KEYS = ("cinema_result", "cinema_models", "provenance", "model", "labelled_frames", "edited",
+            "cinema_original", "cinema_edited_frames", "cinema_unsaved")
 
 
 def find_result_layer(viewer: Any, image_layer: Any, kind: str = "segmentation"):
@@ -430,18 +450,83 @@ def _label_features():
     return pd.DataFrame({"index": list(LABEL_NAMES), "structure": list(LABEL_NAMES.values())})
 
 
+@dataclass
+class LayerParts:
+    """The array and table parts of the result layers (numpy and pandas only, so any thread makes them).
+
+    The dock makes them in its worker (:func:`prepare_results`), so that the GUI thread only builds the
+    napari layers and adds them; :func:`apply_results` makes them itself when they are missing.
+    """
+
+    labels: np.ndarray  # the labels layer's data: a copy of the model output (painting changes it)
+    original: np.ndarray  # the model output as it came: metadata['cinema_original']
+    features: Any = None  # pandas DataFrame, label index -> structure name (napari shows it on hover)
+    points: tuple[np.ndarray, list[str]] | None = None  # landmark rows (t, z, y, x) and their names
+
+
+def _landmark_rows(landmarks: Any) -> tuple[np.ndarray, list[str]]:
+    t, k = landmarks.voxels.shape[:2]
+    rows = np.concatenate([np.repeat(np.arange(t, dtype=float), k)[:, None],
+                           np.asarray(landmarks.voxels, dtype=float).reshape(-1, 3)], axis=1)
+    return rows, [str(n) for n in landmarks.names] * t
+
+
+def _layer_parts(results: CineResults) -> LayerParts:
+    original = np.asarray(results.segmentation.labels)
+    if original.dtype != np.uint8:
+        original = original.astype(np.uint8)
+    return LayerParts(labels=np.array(original, order="C", copy=True), original=original,
+                      features=_label_features(),
+                      points=None if results.landmarks is None else _landmark_rows(results.landmarks))
+
+
+def prepare_results(results: CineResults) -> CineResults:
+    """Make ``results.layer_parts`` now (in any thread: the dock's worker calls it after
+    :func:`run_models`), so that :func:`apply_results` does no array copies or tables in the GUI thread.
+    Returns ``results``."""
+    results.layer_parts = _layer_parts(results)
+    return results
+
+
+def _in_viewer(viewer: Any, layer: Any) -> bool:
+    uid = getattr(layer, "unique_id", None)
+    return any(other.unique_id == uid for other in viewer.layers)
+
+
 def apply_results(viewer: Any, image_layer: Any, results: CineResults):
     """Push ``results`` to the viewer in one go: the segmentation Labels layer (and, with landmarks, the
     Points layer) of ``image_layer``, created once and updated in place afterwards (data replaced,
     metadata and provenance updated), aligned with the image (scale, translate, units, axis labels).
 
+    The labels layer keeps the model output as ``metadata['cinema_original']`` (uint8 (t, z, y, x),
+    replaced on every run); its data is a copy, so painting never changes the model output.
     Returns (labels_layer, points_layer or None).
+    """
+    steps = apply_results_steps(viewer, image_layer, results)
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            return done.value
+
+
+def apply_results_steps(viewer: Any, image_layer: Any, results: CineResults):
+    """:func:`apply_results` as a generator of GUI-thread steps, one per ``next()``: build the labels
+    layer, add it to the viewer, then the same for the landmarks (an update in place is one step). Its
+    return value (``StopIteration.value``) is (labels_layer, points_layer or None).
+
+    The dock runs one step per event-loop turn, so that napari paints the new layer and the GUI answers
+    input between steps instead of freezing for all of them at once. A layer is only added while
+    ``image_layer`` is still in the viewer (else the steps end early: (None, None) before the labels
+    layer was added).
     """
     from napari.layers import Labels, Points
 
+    parts = results.layer_parts if isinstance(results.layer_parts, LayerParts) else _layer_parts(results)
     study = results.study
     seg = results.segmentation
     uid = str(image_layer.unique_id)
+    geometry = _geometry(image_layer)
     model = results.models.get("segmentation", {})
     meta = {
         "cinema_result": {"kind": "segmentation", "of": uid, "image": image_layer.name},
@@ -449,49 +534,53 @@ def apply_results(viewer: Any, image_layer: Any, results: CineResults):
         "model": {**model, "label_names": dict(seg.label_names or LABEL_NAMES)},
         "labelled_frames": list(range(study.n_frames)),
         "edited": False,
+        "cinema_original": parts.original,
     }
     outputs = results.model_outputs()
     if outputs:
         meta["cinema_models"] = outputs
-    data, kwargs, _ = labels_layer_data(study, seg.labels, f"{image_layer.name} segmentation", meta)
-    kwargs.update(_geometry(image_layer))
+    # one constructor call (data, geometry, colormap, metadata, features): no later setter refreshes it
+    data, kwargs, _ = labels_layer_data(study, parts.labels, f"{image_layer.name} segmentation", meta)
+    kwargs.update(geometry)
     labels_layer = find_result_layer(viewer, image_layer, "segmentation")
     if labels_layer is not None and not isinstance(labels_layer, Labels):
         labels_layer = None
     if labels_layer is None:
-        labels_layer = viewer.add_labels(data, **kwargs)
-        try:
-            labels_layer.features = _label_features()
-        except Exception:  # pragma: no cover - features are a nicety (names in the status bar)
-            pass
+        built = Labels(data, features=parts.features, **kwargs)
+        yield
+        if not _in_viewer(viewer, image_layer):
+            return None, None
+        labels_layer = viewer.add_layer(built)
     else:
         _align(labels_layer, image_layer)
         # metadata first: whoever listens to the data event reads the new provenance
         labels_layer.metadata = _merged_metadata(labels_layer, kwargs["metadata"])
         labels_layer.data = data
-    points_layer = None
-    if results.landmarks is not None:
-        lm = results.landmarks
-        t = lm.voxels.shape[0]
-        rows = np.concatenate([np.repeat(np.arange(t, dtype=float), lm.voxels.shape[1])[:, None],
-                               lm.voxels.reshape(-1, 3)], axis=1)
-        names = [str(n) for n in lm.names] * t
-        pmeta = {"cinema_result": {"kind": "landmarks", "of": uid, "image": image_layer.name},
-                 "cinema_study": study.header(), "provenance": dict(lm.provenance),
-                 "model": results.models.get("landmarks", {})}
-        pdata, pkw, _ = points_layer_data(study, rows, names, f"{image_layer.name} landmarks", pmeta)
-        pkw.update(_geometry(image_layer))
-        points_layer = find_result_layer(viewer, image_layer, "landmarks")
-        if points_layer is not None and not isinstance(points_layer, Points):
-            points_layer = None
-        if points_layer is None:
-            points_layer = viewer.add_points(pdata, **pkw)
-        else:
-            _align(points_layer, image_layer)
-            points_layer.metadata = _merged_metadata(points_layer, pmeta)
-            points_layer.data = pdata
-            points_layer.features = {"name": names}
-            points_layer.text = pkw["text"]
+    if results.landmarks is None:
+        return labels_layer, None
+    yield
+    lm = results.landmarks
+    rows, names = parts.points if parts.points is not None else _landmark_rows(lm)
+    pmeta = {"cinema_result": {"kind": "landmarks", "of": uid, "image": image_layer.name},
+             "cinema_study": study.header(), "provenance": dict(lm.provenance),
+             "model": results.models.get("landmarks", {})}
+    pdata, pkw, _ = points_layer_data(study, rows, names, f"{image_layer.name} landmarks", pmeta)
+    pkw.update(geometry)
+    points_layer = find_result_layer(viewer, image_layer, "landmarks")
+    if points_layer is not None and not isinstance(points_layer, Points):
+        points_layer = None
+    if points_layer is None:
+        built = Points(pdata, **pkw)
+        yield
+        if not _in_viewer(viewer, image_layer):
+            return labels_layer, None
+        points_layer = viewer.add_layer(built)
+    else:
+        _align(points_layer, image_layer)
+        points_layer.metadata = _merged_metadata(points_layer, pmeta)
+        points_layer.data = pdata
+        points_layer.features = {"name": names}
+        points_layer.text = pkw["text"]
     return labels_layer, points_layer
 
 
@@ -705,3 +794,167 @@ def open_analysis_dock(viewer: "napari.Viewer"):
 def open_function_dock(viewer: "napari.Viewer"):
     """Open (or show) the 'Cardiac function' dock; returns the widget."""
     return _open_dock(viewer, FUNCTION_DOCK)
+
+
+# --------------------------------------------------------------------------------------------------
+# corrections (the Corrections dock's twins; the store is napari_cinema.annotations.store)
+# --------------------------------------------------------------------------------------------------
+ORIGINAL_KEY = "cinema_original"  # the model output the annotator started from (t, z, y, x) uint8
+STORE_VERSION_KEY = "cinema_store_version"  # the store version this layer was saved as / loaded from
+EDITED_KEY = "cinema_edited_frames"  # frames edited by hand (cumulative, saved or not)
+UNSAVED_KEY = "cinema_unsaved"  # hand edits not yet in the correction store
+
+
+def correction_baseline(labels_layer: Any) -> np.ndarray:
+    """The model output kept with ``labels_layer`` (set by :func:`apply_results`); a layer that has none
+    (labels opened from a file, drawn from scratch) gets its current data as the baseline, once."""
+    meta = labels_layer.metadata
+    original = meta.get(ORIGINAL_KEY)
+    if original is None or np.shape(original) != np.shape(labels_layer.data):
+        original = np.array(labels_layer.data, dtype=np.uint8, copy=True)
+        meta[ORIGINAL_KEY] = original
+    return original
+
+
+def edited_frames_of(labels_layer: Any) -> list[int]:
+    """Frames edited by hand so far (recorded by the Corrections dock or :func:`mark_edited`)."""
+    return sorted(int(t) for t in labels_layer.metadata.get(EDITED_KEY, ()))
+
+
+def mark_edited(labels_layer: Any, frames, saved: bool = False) -> list[int]:
+    """Record ``frames`` as edited by hand on ``labels_layer`` (the report then says 'corrected');
+    ``saved``: they are in the correction store now (else they count as unsaved edits)."""
+    done = set(edited_frames_of(labels_layer)) | {int(t) for t in frames}
+    labels_layer.metadata[EDITED_KEY] = sorted(done)
+    if done:
+        labels_layer.metadata["edited"] = True
+    labels_layer.metadata[UNSAVED_KEY] = not saved
+    return sorted(done)
+
+
+def has_unsaved_edits(labels_layer: Any) -> bool:
+    """Whether ``labels_layer`` holds hand edits that are not in the correction store (a painted layer
+    the Corrections dock never saw counts as unsaved)."""
+    meta = labels_layer.metadata
+    return bool(meta.get(UNSAVED_KEY, meta.get("edited", False)))
+
+
+@dataclass
+class CorrectionSnapshot:
+    """What a save writes, copied in the main thread so that painting cannot change it mid-save."""
+
+    study: CineStudy
+    original: np.ndarray
+    final: np.ndarray
+    model_id: str
+    model_sha256: str | None
+    edited_frames: list[int]
+    base_version: int | None
+
+
+def correction_snapshot(viewer: Any, labels_layer: Any, edited_frames=None) -> CorrectionSnapshot:
+    """Copy what :func:`save_corrections` writes from ``labels_layer`` (cheap; main thread)."""
+    study = study_for_labels(viewer, labels_layer)
+    original = correction_baseline(labels_layer)
+    final = np.array(labels_layer.data, dtype=np.uint8, copy=True)
+    if edited_frames is None:
+        edited_frames = edited_frames_of(labels_layer)
+        if not edited_frames:  # edited outside the dock (script, other tool): every frame that differs
+            edited_frames = [t for t in range(final.shape[0]) if not np.array_equal(final[t], original[t])]
+    prov = labels_layer.metadata.get("provenance")
+    prov = prov if isinstance(prov, Mapping) else {}
+    version = labels_layer.metadata.get(STORE_VERSION_KEY)
+    return CorrectionSnapshot(study=study, original=np.array(original, dtype=np.uint8, copy=True), final=final,
+                              model_id=str(prov.get("model_id") or "none (labels not from a model)"),
+                              model_sha256=prov.get("sha256"), edited_frames=sorted(int(t) for t in edited_frames),
+                              base_version=None if version is None else int(version))
+
+
+def write_snapshot(snapshot: CorrectionSnapshot, store: Any = None, *, user: str | None = None,
+                   autosave: bool = False, force: bool = False):
+    """Save a :class:`CorrectionSnapshot` to the correction store (any thread). With ``force``, a newer
+    version saved by someone else is kept as history instead of refusing (StoreConflict)."""
+    from .annotations.store import CorrectionStore, study_key
+
+    store = store if isinstance(store, CorrectionStore) else CorrectionStore(store)
+    base = snapshot.base_version
+    if force:
+        versions = store.versions(study_key(snapshot.study))
+        base = versions[-1] if versions else None
+    return store.save(snapshot.study, snapshot.original, snapshot.final, model_id=snapshot.model_id,
+                      model_sha256=snapshot.model_sha256, edited_frames=snapshot.edited_frames, user=user,
+                      autosave=autosave, base_version=base)
+
+
+def save_corrections(viewer: Any, labels_layer: Any, store: Any = None, *, edited_frames=None,
+                     user: str | None = None, autosave: bool = False, force: bool = False):
+    """Save the corrected ``labels_layer`` next to the model output in the correction store (a new
+    version; atomic). Returns the store's ``StudyEntry``. Raises ``StoreConflict`` when someone saved
+    a newer version since this layer was loaded (unless ``force``)."""
+    labels_layer = _layer(viewer, labels_layer)
+    snap = correction_snapshot(viewer, labels_layer, edited_frames)
+    entry = write_snapshot(snap, store, user=user, autosave=autosave, force=force)
+    labels_layer.metadata[STORE_VERSION_KEY] = entry.version
+    mark_edited(labels_layer, entry.edited_frames, saved=True)
+    return entry
+
+
+def stored_corrections_for(viewer: Any, layer: Any, store: Any = None):
+    """The store's newest corrections of the study of ``layer`` (image or labels), or None."""
+    from .annotations.store import CorrectionStore
+
+    layer = _layer(viewer, layer)
+    study = study_from_layer(layer)
+    if study is None:
+        return None
+    store = store if isinstance(store, CorrectionStore) else CorrectionStore(store)
+    return store.load(study)
+
+
+def apply_stored_corrections(viewer: Any, image_layer: Any, stored: Any):
+    """Show stored corrections (from :func:`stored_corrections_for`) as the segmentation layer of
+    ``image_layer``: created, or replaced in place. Returns the labels layer."""
+    from napari.layers import Labels
+
+    image_layer = _layer(viewer, image_layer)
+    study = study_from_layer(image_layer)
+    if study is None:
+        raise NotACine(f"'{image_layer.name}' carries no cine study")
+    if tuple(stored.final.shape) != tuple(study.shape):
+        raise NotACine(f"the stored corrections {tuple(stored.final.shape)} do not match '{image_layer.name}' "
+                       f"{tuple(study.shape)}")
+    prov = dict(stored.provenance)
+    meta = {
+        "cinema_result": {"kind": "segmentation", "of": str(image_layer.unique_id), "image": image_layer.name},
+        "provenance": {"model_id": prov.get("model_id"), "sha256": prov.get("model_sha256"),
+                       "corrections": f"correction store version {stored.version}, saved by "
+                                      f"{prov.get('user')} at {prov.get('saved_at')}"},
+        "model": {"label_names": dict(LABEL_NAMES)},
+        "labelled_frames": list(range(study.n_frames)),
+        "edited": bool(stored.edited_frames),
+        ORIGINAL_KEY: np.array(stored.original, dtype=np.uint8, copy=True),
+        STORE_VERSION_KEY: int(stored.version),
+        EDITED_KEY: sorted(int(t) for t in stored.edited_frames),
+        UNSAVED_KEY: False,
+    }
+    data, kwargs, _ = labels_layer_data(study, np.array(stored.final, dtype=np.uint8, copy=True),
+                                        f"{image_layer.name} segmentation", meta)
+    kwargs.update(_geometry(image_layer))
+    layer = find_result_layer(viewer, image_layer, "segmentation")
+    if isinstance(layer, Labels):
+        _align(layer, image_layer)
+        layer.metadata = _merged_metadata(layer, kwargs["metadata"])
+        layer.data = data
+    else:
+        layer = viewer.add_labels(data, **kwargs)
+    return layer
+
+
+def open_corrections_dock(viewer: "napari.Viewer"):
+    """Open (or show) the 'Corrections' dock; returns the widget."""
+    return _open_dock(viewer, CORRECTIONS_DOCK)
+
+
+def open_finetune_dock(viewer: "napari.Viewer"):
+    """Open (or show) the 'Fine-tuning' dock; returns the widget."""
+    return _open_dock(viewer, FINETUNE_DOCK)

@@ -69,10 +69,11 @@ def _cmd_view(args: argparse.Namespace) -> int:
     for path in args.paths:
         viewer.open(str(path), plugin="napari-cinema")
     if not args.no_docks:
-        from .api import open_analysis_dock, open_function_dock
+        from .api import open_analysis_dock, open_corrections_dock, open_function_dock
 
         open_analysis_dock(viewer)
         open_function_dock(viewer)
+        open_corrections_dock(viewer)
     napari.run()
     return 0
 
@@ -98,6 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=_cmd_info)
 
     from .analysis import commands as analysis_commands
+    from .annotations import commands as annotation_commands
     from .engine import commands as engine_commands
     from .model import commands as model_commands
     from .training import commands as training_commands
@@ -106,11 +108,12 @@ def build_parser() -> argparse.ArgumentParser:
     model_commands.register(sub)
     analysis_commands.register(sub)
     training_commands.register(sub)
+    annotation_commands.register(sub)
 
     p = sub.add_parser("view", help="open napari with studies or the phantom sample")
     p.add_argument("paths", type=Path, nargs="*", help="studies to open")
     p.add_argument("--sample", choices=["sax", "lax_4c", "lax_2c"], help="open a phantom sample")
-    p.add_argument("--no-docks", action="store_true", help="do not open the analysis and function docks")
+    p.add_argument("--no-docks", action="store_true", help="do not open the analysis, function and corrections docks")
     p.set_defaults(handler=_cmd_view)
 
     return parser

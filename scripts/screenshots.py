@@ -10,6 +10,14 @@ the review workflow with the two napari-cinema docks at 1280 x 800:
 - workflow_acdc.png: an ACDC patient with its expert labels (when ../shared/data is present);
 - workflow_sunnybrook.png: a Sunnybrook DICOM cine in the analysis dock (when present).
 
+and the correction workflow (``--only corrections``; a temporary NAPARI_CINEMA_HOME, so the user's
+store and models are not touched):
+
+- workflow_corrections.png: the phantom segmented by the default model, a frame corrected with the
+  brush, saved; the 'Corrections' dock with the store browser;
+- workflow_finetune.png: the 'Fine-tuning' dock after a short real run (default model, phantom
+  corrections, CPU): curves, before/after table, log.
+
 A model from the registry segments the cine when one is available for its view (the default model
 first); until a trained default exists, the function dock shows the phantom's or dataset's truth labels
 instead of a model run, and the screenshot says so on the canvas.
@@ -214,19 +222,77 @@ def workflow_screenshots(viewer: napari.Viewer, out: Path) -> None:
         print(f"  Sunnybrook SCD0000101: {what}")
 
 
+def correction_screenshots(viewer: napari.Viewer, out: Path) -> None:
+    import os
+    import tempfile
+
+    import numpy as np
+
+    home = Path(tempfile.mkdtemp(prefix="napari-cinema-shots-"))
+    os.environ["NAPARI_CINEMA_HOME"] = str(home)
+    from qtpy.QtWidgets import QDockWidget
+
+    window = viewer.window._qt_window
+    analysis = api.open_analysis_dock(viewer)
+    _wait(lambda: analysis.models_ready)
+    image = viewer.open_sample("napari-cinema", "phantom_sax")[0]
+    analysis.set_image_layer(image)
+    analysis.set_model(api.default_model_id(api.SEGMENTATION_TASKS, "sax"))
+    analysis.run()
+    _wait(lambda: not analysis.running)
+    labels = analysis.labels_layer
+    dock = api.open_corrections_dock(viewer)
+    _settle()
+    show_frame(viewer, t=3, z=5)
+    y, x = np.argwhere(np.asarray(labels.data[3, 5]) == 3).mean(0).astype(int).tolist()
+    labels.brush_size = 12
+    labels.paint((3, 5, y, x + 10), 2, refresh=True)  # a brush stroke on the LV
+    labels.mode = "paint"
+    viewer.layers.selection.active = labels
+    dock.save()
+    _wait(lambda: not dock.saving)
+    dock.store_toggle.setChecked(True)
+    docks = {d.windowTitle(): d for d in window.findChildren(QDockWidget)}
+    pair = [next(d for t, d in docks.items() if name in t) for name in (api.ANALYSIS_DOCK, api.CORRECTIONS_DOCK)]
+    window.resizeDocks(pair, [360, 360], _horizontal())
+    window.resizeDocks(pair, [300, SIZE[1] - 340], _vertical())
+    viewer.reset_view()
+    capture(viewer, out / "workflow_corrections.png")
+
+    # a short real fine-tuning run of the default model on the phantom's corrections
+    tune = api.open_finetune_dock(viewer)
+    for name in (api.ANALYSIS_DOCK, api.CORRECTIONS_DOCK):
+        next(d for t, d in docks.items() if name in t).close()
+    tune.epochs_spin.setValue(2)
+    tune.batch_spin.setValue(4)
+    tune.samples_spin.setValue(24)
+    tune.refresh_store_summary()
+    tune.log_toggle.setChecked(True)
+    assert tune.start(), tune.status.text()
+    _wait(lambda: not tune.running, timeout=900)
+    _settle()
+    capture(viewer, out / "workflow_finetune.png")
+    print(f"  fine-tuning: {tune.last_outcome}, model {tune.new_model_id}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "screenshots")
-    parser.add_argument("--only", choices=("plain", "workflow"), help="capture one group only")
+    parser.add_argument("--only", choices=("plain", "workflow", "corrections"), help="capture one group only")
     args = parser.parse_args()
 
     viewer = napari.Viewer(title="napari-cinema")
     viewer.window._qt_window.resize(*SIZE)
-    if args.only != "workflow":
+    if args.only in (None, "plain"):
         plain_screenshots(viewer, args.out)
-    if args.only != "plain":
+    if args.only in (None, "workflow"):
         viewer.layers.clear()
         workflow_screenshots(viewer, args.out)
+    if args.only in (None, "corrections"):
+        viewer.close()
+        viewer = napari.Viewer(title="napari-cinema")
+        viewer.window._qt_window.resize(*SIZE)
+        correction_screenshots(viewer, args.out)
     viewer.close()
 
 

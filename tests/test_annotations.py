@@ -549,3 +549,21 @@ def test_evaluate_scores_the_stored_model_output(tmp_path: Path, capsys) -> None
     for row in res["per_case"]:
         s = by_key[row["case"]]
         assert [f["frame"] for f in row["frames"]] == sorted({s.ed_frame, s.es_frame})
+
+
+def test_corrections_command_lists_the_store(tmp_path, capsys):
+    from napari_cinema.cli import main
+
+    study, _truth = make_phantom("sax", frames=4, slices=4, matrix=48, supersample=1, noise=0.0)
+    final = study.labels.astype(np.uint8)
+    store = CorrectionStore(tmp_path / "store")
+    entry = store.save(study, np.zeros_like(final), final, model_id="m", model_sha256=None, edited_frames=[0, 2],
+                       user="ann")
+    assert main(["corrections", "list", "--store", str(store.root), "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [(r["key"], r["edited_frames"], r["uncorrected_frames"], r["saved_by"]) for r in rows] == [
+        (entry.key, [0, 2], [1, 3], "ann")]
+    assert main(["corrections", "show", entry.key, "--store", str(store.root)]) == 0
+    assert json.loads(capsys.readouterr().out)["model_id"] == "m"
+    assert main(["corrections", "show", "nope", "--store", str(store.root)]) == 2
+    assert "no study 'nope'" in capsys.readouterr().err

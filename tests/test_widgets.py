@@ -164,11 +164,12 @@ def test_manifest_declares_the_docks_and_a_submenu():
 
     manifest = PluginManifest.from_distribution("napari-cinema")
     widgets = {w.display_name: w.command for w in manifest.contributions.widgets}
-    assert widgets == {"Cine analysis": "napari-cinema.analysis_widget",
-                       "Cardiac function": "napari-cinema.function_widget"}
+    review = {"Cine analysis": "napari-cinema.analysis_widget", "Cardiac function": "napari-cinema.function_widget"}
+    assert review.items() <= widgets.items()  # the review docks (other docks may follow them)
     assert [s.label for s in manifest.contributions.submenus] == ["napari-cinema"]
     menu = manifest.contributions.menus["napari-cinema.submenu"]
-    assert [item.command for item in menu] == list(widgets.values())
+    assert [item.command for item in menu] == list(widgets.values())  # every dock, in the manifest's order
+    assert [item.command for item in menu][:2] == list(review.values())
     assert {"napari/layers/segment", "napari/layers/measure"} <= set(manifest.contributions.menus)
 
 
@@ -209,6 +210,13 @@ def test_run_sax_labels_curves_marker_and_manual_ed_es(make_napari_viewer, qtbot
     assert {1, 3} <= set(np.unique(labels.data).tolist())
     colors = labels.colormap.color_dict
     np.testing.assert_allclose(colors[3][:3], (1.0, 0.30, 0.25), atol=1e-6)  # the fixed LV colour
+    assert list(labels.features["structure"]) == ["background", "RV", "MYO", "LV"]
+    # the model output is kept beside the layer data (a copy: painting must not change it)
+    original = labels.metadata["cinema_original"]
+    assert original.dtype == np.uint8 and original.shape == labels.data.shape
+    np.testing.assert_array_equal(original, labels.data)
+    assert not np.shares_memory(original, labels.data)
+    assert original is analysis.last_results.segmentation.labels  # made once, in the worker
 
     # the function dock follows the new segmentation; its EF is the analysis core's on the same labels
     qtbot.waitUntil(lambda: same(function.labels_layer(), labels), timeout=WAIT_MS)
@@ -251,16 +259,25 @@ def test_run_sax_labels_curves_marker_and_manual_ed_es(make_napari_viewer, qtbot
     labels.paint((ed, z, y, x), 0, refresh=True)  # erase some LV at ED (napari emits the paint event)
     report3 = wait_analysis(qtbot, function, n)
     assert report3.model.get("edited") is True
+    assert labels.metadata["cinema_original"] is original and (original[ed] != labels.data[ed]).any()
     assert report3.measures["LVEDV_ml"] != before or report3.measures["LVESV_ml"] != report2.measures["LVESV_ml"]
 
     # re-running updates the same layers in place (no second layer), with fresh provenance
     created = labels.metadata["provenance"]["created"]
     count = len(viewer.layers)
     n = function.analyses
+    # the hand edit is not in the correction store: the first Run refuses, the second replaces it
+    assert api.has_unsaved_edits(labels)
+    assert analysis.run() is None and "not saved" in analysis.status_text()
+    assert analysis.labels_layer.metadata.get("edited") is True
     assert run_and_wait(qtbot, analysis) == "ok"
     assert same(analysis.labels_layer, labels) and len(viewer.layers) == count
     assert labels.metadata.get("edited") is False and "created" in labels.metadata["provenance"]
     assert labels.metadata["provenance"]["created"] >= created
+    rerun = labels.metadata["cinema_original"]  # replaced by the new run's output
+    assert rerun is not original and rerun is analysis.last_results.segmentation.labels
+    np.testing.assert_array_equal(rerun, labels.data)
+    assert not np.shares_memory(rerun, labels.data)
     wait_analysis(qtbot, function, n)  # the new data is analysed, with the ES typed by hand kept
     new = np.asarray(labels.data)
     assert function.report.measures["LVEF_pct"] == analyze_study(study, new, es_frame=new_es).measures["LVEF_pct"]
@@ -268,6 +285,53 @@ def test_run_sax_labels_curves_marker_and_manual_ed_es(make_napari_viewer, qtbot
     function.auto_button.click()  # back to the detected ED / ES
     wait_analysis(qtbot, function, n)
     assert function.report.measures["LVEF_pct"] == analyze_study(study, new).measures["LVEF_pct"]
+
+
+def test_results_reach_the_viewer_in_steps(make_napari_viewer, sax_phantom):
+    """apply_results_steps: the layer is built in one step and added in the next (the dock runs one step
+    per event-loop turn); an image removed between steps gets no layer; apply_results runs them all."""
+    from napari.layers import Labels
+
+    from napari_cinema.engine.engine import SegmentationResult
+
+    viewer = make_napari_viewer()
+    image, truth = add_layers(viewer, sax_phantom)
+    study = image.metadata["cinema_study"]
+    output = np.asarray(truth.data).copy()
+
+    def results():
+        seg = SegmentationResult(labels=output, provenance={"model_id": "test/x"}, label_names={})
+        return api.prepare_results(api.CineResults(study=study, segmentation=seg, models={}))
+
+    made = results()
+    assert made.layer_parts.original is output and not np.shares_memory(made.layer_parts.labels, output)
+    steps = api.apply_results_steps(viewer, image, made)
+    count = len(viewer.layers)
+    next(steps)  # built, not added yet
+    assert len(viewer.layers) == count and api.find_result_layer(viewer, image) is None
+    with pytest.raises(StopIteration) as done:
+        next(steps)
+    labels, points = done.value.value
+    assert points is None and isinstance(labels, Labels) and same(api.find_result_layer(viewer, image), labels)
+    assert labels.metadata["cinema_original"] is output
+    np.testing.assert_allclose(labels.scale, image.scale)
+
+    # an update in place is a single step; then the image goes away between the steps of a new layer
+    with pytest.raises(StopIteration):
+        next(api.apply_results_steps(viewer, image, results()))
+    other = add_layers(viewer, sax_phantom[:1])[0]
+    steps = api.apply_results_steps(viewer, other, results())
+    next(steps)
+    viewer.layers.remove(other)
+    with pytest.raises(StopIteration) as done:
+        next(steps)
+    assert done.value.value == (None, None) and api.find_result_layer(viewer, other) is None
+
+    # the scripting twin does everything at once (and makes the layer parts itself)
+    third = add_layers(viewer, sax_phantom[:1])[0]
+    seg = SegmentationResult(labels=output, provenance={"model_id": "test/x"}, label_names={})
+    labels3, _ = api.apply_results(viewer, third, api.CineResults(study=study, segmentation=seg))
+    assert labels3.metadata["cinema_original"] is output and not np.shares_memory(labels3.data, output)
 
 
 def test_clicks_and_drags_on_the_curves(make_napari_viewer, qtbot, sax_phantom):

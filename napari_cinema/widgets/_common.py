@@ -16,6 +16,10 @@ STRUCTURE_COLORS = {"LV": LABEL_COLORS[LV][:3], "RV": LABEL_COLORS[RV][:3], "MYO
 # Status levels -> text colour (readable on napari's dark and light themes).
 LEVEL_COLORS = {"info": None, "ok": "#5fbf6f", "warning": "#e0a030", "error": "#ff6b5b"}
 
+# Delay (ms) that gives work its own event-loop turn: a real timer, so the loop paints the last change and
+# handles input first; a zero delay can run queued calls back to back in the same turn.
+NEXT_TURN_MS = 1
+
 
 class ProgressBridge(QObject):
     """Emitted from a worker thread, delivered in the GUI thread (queued connection)."""

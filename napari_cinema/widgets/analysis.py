@@ -2,9 +2,11 @@
 
 Thin over :mod:`napari_cinema.api`: :func:`~napari_cinema.api.run_models` runs in a napari thread
 worker (progress through a queued Qt signal, Cancel through a flag the engine checks between
-batches); the results go to layers in one go in the GUI thread with
-:func:`~napari_cinema.api.apply_results`. A cancelled, failed or orphaned run (its image layer was
-removed) changes no layer.
+batches), which also prepares the layers' arrays (:func:`~napari_cinema.api.prepare_results`); the
+results go to layers in the GUI thread with :func:`~napari_cinema.api.apply_results_steps`, one step
+per event-loop turn (build the labels layer, add it, then the landmarks), so that napari paints and the
+GUI answers input between the steps. A cancelled, failed or orphaned run (its image layer was removed)
+changes no layer.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from qtpy.QtWidgets import (
 from napari_cinema import api
 
 from ._common import (
+    NEXT_TURN_MS,
     LayerCombo,
     ProgressBridge,
     StatusLabel,
@@ -51,6 +54,27 @@ ROLE_TASKS = {
 }
 ROLE_WORDS = {"segmentation": "segmentation", "landmarks": "landmark", "classification": "disease classification",
               "regression": "EF regression"}
+STEP_MS = NEXT_TURN_MS  # between the steps that show the results: each step gets its own event-loop turn
+_WARMED = threading.Event()
+
+
+def _warm_up() -> None:
+    """Pay, off the GUI thread, the one-time costs of a session's first labels layer that napari would
+    otherwise pay in the GUI thread when the first results arrive (about half a second here): a napari
+    Labels layer imports pandas (its feature table) and skimage.color (its random colormap), and the
+    vispy anti-aliased lines of its polygon tool compute their dash patterns once per process."""
+    if _WARMED.is_set():
+        return
+    try:
+        import pandas  # noqa: F401
+        from napari.utils.colormaps.colormap_utils import label_colormap
+        from vispy.visuals.line.dash_atlas import DashAtlas
+
+        label_colormap(49, 0.5, background_value=0)  # as napari's Labels() makes it
+        DashAtlas()
+    except Exception:  # pragma: no cover - a warm-up only; napari pays the cost later instead
+        pass
+    _WARMED.set()
 
 
 def _load_registry() -> dict[str, Any]:
@@ -61,7 +85,9 @@ def _load_registry() -> dict[str, Any]:
     devices = {"auto": describe_device(pick_device("auto"))}
     for name in available_devices():
         devices[name] = describe_device(pick_device(name))
-    return {"models": registry.list_models(), "devices": devices, "offline": hub.hub_offline()}
+    found = {"models": registry.list_models(), "devices": devices, "offline": hub.hub_offline()}
+    _warm_up()  # once per session, while the dock says it reads the registry (Run waits for it anyway)
+    return found
 
 
 def _job(make_study, model_ids: dict[str, str | None], device: str, progress, cancel) -> tuple[str, Any]:
@@ -77,7 +103,7 @@ def _job(make_study, model_ids: dict[str, str | None], device: str, progress, ca
                                  progress=progress, cancel=cancel)
         if cancel():
             return "cancelled", None
-        return "ok", results
+        return "ok", api.prepare_results(results)  # the layers' arrays, made here rather than in the GUI
     except Cancelled:
         return "cancelled", None
     except Exception as exc:  # handed to the GUI thread, which decides how to show it
@@ -107,6 +133,7 @@ class AnalysisWidget(QWidget):
         self._cancel_reason = ""
         self._run_layer = None
         self._outcome = None
+        self._steps = None  # apply_results_steps while the results are being shown
         self._pending_outcome = ("error", "", "info", False)
         self._bridge = ProgressBridge(self)
         self._bridge.progress.connect(self._on_progress)
@@ -214,6 +241,11 @@ class AnalysisWidget(QWidget):
         if isinstance(active, Image):
             self.image_combo.set_layer(active)
         self._on_image_changed()
+        self._replace_confirmed: str | None = None
+        self._refresh_again = False
+        from .finetune import MODEL_EVENTS
+
+        MODEL_EVENTS.registered.connect(self._on_model_registered)  # a fine-tuned model: list it
         self.refresh_models()
 
     # -- widgets ----------------------------------------------------------------------------------
@@ -332,6 +364,7 @@ class AnalysisWidget(QWidget):
         from napari.qt.threading import create_worker
 
         if self._registry_worker is not None:
+            self._refresh_again = True  # the registry may have changed since that read started
             return
         self.refresh_button.setEnabled(False)
         worker = create_worker(_load_registry, _start_thread=False)
@@ -344,8 +377,14 @@ class AnalysisWidget(QWidget):
     def _on_registry_error(self, exc: BaseException) -> None:
         self.model_info.setText(f"<span style='color:{WARN}'>cannot read the model registry: {exc}</span>")
 
+    def _on_model_registered(self, model_id: str) -> None:
+        self.refresh_models()
+
     def _on_registry_finished(self) -> None:
         self._registry_worker = None
+        if self._refresh_again:
+            self._refresh_again = False
+            QTimer.singleShot(0, self.refresh_models)
         self.refresh_button.setEnabled(True)
 
     def _on_registry(self, found: dict[str, Any]) -> None:
@@ -518,6 +557,16 @@ class AnalysisWidget(QWidget):
         if not self.models_ready:
             self._message("The model registry is still being read; try again in a moment.", "warning", True)
             return None
+        existing = api.find_result_layer(self.viewer, layer, "segmentation")
+        if existing is not None and api.has_unsaved_edits(existing):
+            if self._replace_confirmed != str(existing.unique_id):
+                # hand corrections are never overwritten silently: the second press replaces them
+                self._replace_confirmed = str(existing.unique_id)
+                self._message(f"'{existing.name}' has hand corrections that are not saved in the correction "
+                              "store: save them in the Corrections dock first, or press Run again to replace "
+                              "them with a new model run.", "warning", True)
+                return None
+        self._replace_confirmed = None
         model_ids = {role: self.model_id(role) for role in ROLE_TASKS}
         if view not in api.LAX_VIEWS:
             model_ids["landmarks"] = None
@@ -557,7 +606,7 @@ class AnalysisWidget(QWidget):
 
     def _on_layer_removed(self, event=None) -> None:
         layer = getattr(event, "value", None)
-        if self.running and same_layer(layer, self._run_layer):
+        if self.running and self._steps is None and same_layer(layer, self._run_layer):
             self.cancel(f"The image layer '{layer.name}' was removed: the run was stopped and no layer was made.")
         if same_layer(layer, self.labels_layer):
             self.labels_layer = None
@@ -577,9 +626,9 @@ class AnalysisWidget(QWidget):
         self._outcome = outcome
 
     def _on_finished(self) -> None:
-        # the results go to the layers in their own event-loop turn, and the dock's own updates in the
-        # next one, so that the GUI can breathe between them
-        QTimer.singleShot(0, self._complete)
+        # the results go to the layers one step per event-loop turn, then the dock's own updates, so that
+        # the GUI paints and breathes between them
+        QTimer.singleShot(STEP_MS, self._complete)
 
     def _complete(self) -> None:
         outcome, self._outcome = self._outcome, None
@@ -598,22 +647,53 @@ class AnalysisWidget(QWidget):
                                       "the traceback.", "error")
                 notify_exception(exc)
         elif layer is None or not any(same_layer(layer, other) for other in self.viewer.layers):
-            self._finish("discarded", "The image layer was removed during the run: results discarded.", "warning")
+            self._discarded()
         else:
-            results = value
-            self.last_results = results
-            self.labels_layer, self.points_layer = api.apply_results(self.viewer, layer, results)
-            prov = results.segmentation.provenance
-            extra = [r for r in ("landmarks", "classification", "regression") if getattr(results, r) is not None]
-            text = (f"Segmented {results.study.n_frames} frames × {results.study.n_slices} slices in "
-                    f"{results.seconds:.1f} s with {prov.get('model_id')} on "
-                    f"{prov.get('device_description', prov.get('device'))} ({prov.get('precision')})"
-                    + (f"; also {', '.join(extra)}" if extra else "") + ".")
-            warnings = [w for w in prov.get("warnings", []) if w]
-            if warnings:
-                text += " Note: " + "; ".join(warnings[:2])
-            self._finish("ok", text, "ok")
-        QTimer.singleShot(0, self._announce)
+            self.last_results = value
+            self.cancel_button.setEnabled(False)  # the results are being shown: too late to cancel
+            self.progress_bar.setFormat("showing the results…")
+            self._steps = api.apply_results_steps(self.viewer, layer, value)
+            self._apply_step()
+            return
+        QTimer.singleShot(STEP_MS, self._announce)
+
+    def _apply_step(self) -> None:
+        """One step of showing the results (then the next one in the next event-loop turn)."""
+        try:
+            next(self._steps)
+        except StopIteration as done:
+            self._steps = None
+            labels, points = done.value
+            if labels is None:
+                self._discarded()
+            else:
+                self.labels_layer, self.points_layer = labels, points
+                self._finish("ok", self._done_text(self.last_results), "ok")
+        except Exception as exc:  # napari refused the layer: say so, never leave the dock 'running'
+            self._steps = None
+            self._finish("error", f"Showing the results failed ({type(exc).__name__}: {exc}); see the "
+                                  "notification for the traceback.", "error")
+            notify_exception(exc)
+        else:
+            QTimer.singleShot(STEP_MS, self._apply_step)
+            return
+        QTimer.singleShot(STEP_MS, self._announce)
+
+    def _discarded(self) -> None:
+        self._finish("discarded", "The image layer was removed during the run: results discarded.", "warning")
+
+    @staticmethod
+    def _done_text(results) -> str:
+        prov = results.segmentation.provenance
+        extra = [r for r in ("landmarks", "classification", "regression") if getattr(results, r) is not None]
+        text = (f"Segmented {results.study.n_frames} frames × {results.study.n_slices} slices in "
+                f"{results.seconds:.1f} s with {prov.get('model_id')} on "
+                f"{prov.get('device_description', prov.get('device'))} ({prov.get('precision')})"
+                + (f"; also {', '.join(extra)}" if extra else "") + ".")
+        warnings = [w for w in prov.get("warnings", []) if w]
+        if warnings:
+            text += " Note: " + "; ".join(warnings[:2])
+        return text
 
     def _finish(self, outcome: str, text: str, level: str, toast: bool = False) -> None:
         self._pending_outcome = (outcome, text, level, toast)

@@ -2,9 +2,10 @@
 
 Thin over :mod:`napari_cinema.api` / :mod:`napari_cinema.analysis`: the labels (and landmarks) are
 gathered in the GUI thread (a copy of the label array), :func:`~napari_cinema.api.compute_report`
-runs in a worker thread, and the dock redraws from the report it returns. Edits of the labels layer
-(painting, a re-run replacing its data) recompute after 300 ms of quiet; the current-frame marker
-follows the time slider without redrawing the curves.
+runs in a worker thread, and the dock shows the report it returns in two event-loop turns (the table,
+then the curves: the matplotlib redraw is the dearest part). Edits of the labels layer (painting, a
+re-run replacing its data) recompute after 300 ms of quiet; the current-frame marker follows the time
+slider without redrawing the curves.
 """
 
 from __future__ import annotations
@@ -37,7 +38,16 @@ from qtpy.QtWidgets import (
 from napari_cinema import api
 
 from ._canvas import MARKER_COLORS, CurveCanvas
-from ._common import LayerCombo, StatusLabel, notify, notify_exception, same_layer, scrolling, theme_colors
+from ._common import (
+    NEXT_TURN_MS,
+    LayerCombo,
+    StatusLabel,
+    notify,
+    notify_exception,
+    same_layer,
+    scrolling,
+    theme_colors,
+)
 
 DEBOUNCE_MS = 300
 # napari's stylesheet gives every spin box 90 px; these hold a frame number or a height.
@@ -127,6 +137,7 @@ class FunctionWidget(QWidget):
         self._manual: dict[str, int | None] = {"ED": None, "ES": None}
         self._watched = None
         self._watched_points = None
+        self._curves_pending = None  # (generation, report, inputs) whose curves are drawn in the next turn
         self._timer = QTimer(self)
         self._timer.setSingleShot(True)
         self._timer.timeout.connect(self.recompute)
@@ -308,9 +319,11 @@ class FunctionWidget(QWidget):
             try:
                 self.study = api.study_for_labels(self.viewer, layer)
             except api.NotACine as exc:
+                self._show_points_row(False)
                 self._show_problem(str(exc))
                 return
         if self.study is None:
+            self._show_points_row(False)
             self._show_problem(NO_LABELS, NO_LABELS_SHORT)
             return
         n = self.study.n_frames
@@ -324,8 +337,7 @@ class FunctionWidget(QWidget):
             spin.setValue(float(value) if value else 0.0)  # 0 shows '—': unknown
             spin.blockSignals(False)
         is_lax = self.study.view in api.LAX_VIEWS
-        self.points_combo.setVisible(is_lax)
-        self.points_label.setVisible(is_lax)
+        self._show_points_row(is_lax)
         if is_lax and self.points_combo.current_layer() is None:
             found = api.find_landmarks_layer(self.viewer, layer, self.study)
             if found is not None:
@@ -334,6 +346,13 @@ class FunctionWidget(QWidget):
                 self.points_combo.blockSignals(False)
         self._watch_points(self.points_combo.current_layer() if is_lax else None)
         self.schedule(0)
+
+    def _show_points_row(self, on: bool) -> None:
+        """The landmarks picker is for long-axis studies only. It is hidden until labels are chosen too:
+        a row appearing or going away resizes the curves, which costs a full matplotlib redraw."""
+        if self.points_combo.isVisibleTo(self) != on:
+            self.points_combo.setVisible(on)
+            self.points_label.setVisible(on)
 
     def _on_points_changed(self, *_args) -> None:
         self._watch_points(self.points_combo.current_layer())
@@ -422,7 +441,8 @@ class FunctionWidget(QWidget):
 
     @property
     def busy(self) -> bool:
-        return self._timer.isActive() or self.worker is not None or self._pending
+        return (self._timer.isActive() or self.worker is not None or self._pending
+                or self._curves_pending is not None)
 
     def _body(self) -> tuple[float | None, float | None]:
         h = self.height_spin.value() or None
@@ -486,7 +506,6 @@ class FunctionWidget(QWidget):
             return
         report = value
         self.report = report
-        self._draw(report, inputs)
         self._fill_table(report, inputs.study)
         self._fill_models(report)
         warnings = list(report.warnings)
@@ -499,6 +518,18 @@ class FunctionWidget(QWidget):
             text += f" · {len(warnings)} warning{'s' if len(warnings) != 1 else ''}: {warnings[0]}"
         self.status.show_message(text, "warning" if warnings else "info")
         self.status.setToolTip("\n".join(warnings))
+        # the curves (a full matplotlib redraw) in the next event-loop turn, not on top of the table's
+        self._curves_pending = (gen, report, inputs)
+        QTimer.singleShot(NEXT_TURN_MS, self._show_curves)
+
+    def _show_curves(self) -> None:
+        pending, self._curves_pending = self._curves_pending, None
+        if pending is None:
+            return
+        gen, report, inputs = pending
+        if gen != self._generation or report is not self.report:
+            return  # a newer analysis (or a problem) replaced this report meanwhile
+        self._draw(report, inputs)
         self.analyses += 1
         self.report_ready.emit(report)
 
