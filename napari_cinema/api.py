@@ -13,6 +13,9 @@ Use from the napari console, a notebook or a script::
     report = api.analyze_layer(viewer, labels, ed=0, es=9)  # ... or given
     api.export_report(viewer, labels, "out/phantom")         # report.json, volumes.csv, report.pdf
     api.open_analysis_dock(viewer); api.open_function_dock(viewer)
+    entry = api.save_corrections(viewer, labels)            # after painting: model output + corrections
+    stored = api.stored_corrections_for(viewer, image)       # ... read back (None if none)
+    api.open_corrections_dock(viewer); api.open_finetune_dock(viewer)
 
 The docks call the same code: :func:`run_models` (Qt- and napari-free, run in a worker thread by the
 dock) produces :class:`CineResults` (the dock's worker also runs :func:`prepare_results`, which makes the
