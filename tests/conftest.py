@@ -32,3 +32,26 @@ def shared_spec() -> Path:
 def _isolated_user_models(tmp_path_factory, monkeypatch):
     """Tests never read or write the user's own model folder (fine-tuned and imported models)."""
     monkeypatch.setenv("NAPARI_CINEMA_HOME", str(tmp_path_factory.mktemp("napari_cinema_home")))
+
+
+@pytest.fixture
+def isolated_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Training runs write to tmp (the working directory), registered models to tmp; no hub access."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("NAPARI_CINEMA_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
+    monkeypatch.delenv("NAPARI_CINEMA_DATA", raising=False)
+    return tmp_path
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny networks run fastest on one thread, and two spinning torch threads beside the GUI thread
+    or another test process on a shared 2-core runner make them several times slower."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -191,7 +191,7 @@ def test_bad_input_is_refused_with_the_reason(tmp_path: Path) -> None:
     key = study_key(study)
     store = CorrectionStore(tmp_path / "store")
     original, final = corrected(study, 1)
-    with pytest.raises(StoreError, match=rf"{key}: final labels have shape \(6, 3, 40\), the study is \(6, 3, 40, 40\)"):
+    with pytest.raises(StoreError, match=rf"{key}: final: labels have shape \(6, 3, 40\), the study is \(6, 3, 40, 40\)"):
         save(store, study, original, final[..., 0], [1])
     bad = final.astype(np.int32)
     bad[1, 0, 0, 0] = 7

@@ -12,7 +12,6 @@ from test_widgets import (  # noqa: F401 - fixtures shared with the review-dock 
     WAIT_MS,
     add_layers,
     models,
-    one_torch_thread,
     open_docks,
     run_and_wait,
     same,
@@ -23,7 +22,7 @@ from napari_cinema import api
 from napari_cinema.annotations.store import CorrectionStore, default_store_root, study_key
 from napari_cinema.sample_data.phantom import make_phantom
 
-pytestmark = pytest.mark.gui
+pytestmark = [pytest.mark.gui, pytest.mark.usefixtures("one_torch_thread")]
 
 TRAIN_WAIT_MS = 240_000
 

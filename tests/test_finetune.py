@@ -37,21 +37,7 @@ FAST = ["--epochs", "1", "--samples-per-epoch", "16", "--batch-size", "4", "--de
         "--set", "train.num_workers=0", "--set", "train.log_every=1"]
 
 
-@pytest.fixture(autouse=True)
-def _isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("NAPARI_CINEMA_HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
-    monkeypatch.delenv("NAPARI_CINEMA_DATA", raising=False)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("isolated_run", "one_torch_thread")
 
 
 def _register(tmp_path: Path, model_id: str, config: dict) -> Path:

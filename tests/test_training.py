@@ -43,23 +43,7 @@ TINY_UNETR = {"size": "tiny", "enc_conv_chans": [8, 8], "enc_conv_n_blocks": 1, 
 TINY_VIT = {"size": "tiny", "enc_conv_chans": [8, 8], "enc_conv_n_blocks": 1}
 
 
-@pytest.fixture(autouse=True)
-def _isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Runs and registered models go to tmp; no hub access."""
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("NAPARI_CINEMA_HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
-    monkeypatch.delenv("NAPARI_CINEMA_DATA", raising=False)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run fastest on one thread (and two threads on a shared 2-core runner can stall)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("isolated_run", "one_torch_thread")
 
 
 def tiny(**over) -> dict:

@@ -25,7 +25,7 @@ from napari_cinema.model import checkpoint as ck
 from napari_cinema.model import factory, registry
 from napari_cinema.sample_data.napari_samples import phantom_layers
 
-pytestmark = pytest.mark.gui
+pytestmark = [pytest.mark.gui, pytest.mark.usefixtures("one_torch_thread")]
 
 SMALL_UNET = {"size": "tiny", "dec_chans": [4, 8, 8, 16, 16], "enc_conv_chans": [8, 16], "enc_conv_n_blocks": 1,
               "dec_n_blocks": 1}
@@ -60,16 +60,6 @@ def _configs() -> dict[str, tuple[dict, int, str | None]]:
                               "model": {"name": "convvit", "views": "sax", "n_frames": 2, "out_chans": 1,
                                         "convvit": dict(SMALL_VIT)}}, 4, None),
     }
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """The tiny networks gain nothing from threads, and on a shared 2-core machine two spinning torch
-    threads beside the GUI thread make them several times slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

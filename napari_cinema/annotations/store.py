@@ -311,24 +311,25 @@ def _check_values(u8: np.ndarray, label_map: Mapping[int, str], what: str) -> No
                          f"{ {int(k): v for k, v in sorted(label_map.items())} }")
 
 
-def _as_labels(arr: Any, name: str, key: str, shape: tuple[int, ...], label_map: Mapping[int, str]) -> np.ndarray:
-    """``arr`` as (t, z, y, x) uint8 after checking shape and values; StoreError names the study."""
+def _as_labels(arr: Any, what: str, shape: tuple[int, ...] | None, label_map: Mapping[int, str]) -> np.ndarray:
+    """``arr`` as (t, z, y, x) uint8 after checking shape and values; StoreError starts with ``what``
+    (the study and which labels, or the file)."""
     a = np.asarray(arr)
-    if a.shape != tuple(shape):
-        raise StoreError(f"{key}: {name} labels have shape {a.shape}, the study is {tuple(shape)} (t, z, y, x)")
+    if shape is not None and a.shape != tuple(shape):
+        raise StoreError(f"{what}: labels have shape {a.shape}, the study is {tuple(shape)} (t, z, y, x)")
     if a.dtype.kind == "b":
         a = a.astype(np.uint8)
     elif a.dtype.kind == "f":
         if not np.isfinite(a).all() or np.any(a != np.round(a)):
-            raise StoreError(f"{key}: {name} labels hold non-integer values")
+            raise StoreError(f"{what}: labels hold non-integer values")
     elif a.dtype.kind not in "iu":
-        raise StoreError(f"{key}: {name} labels have type {a.dtype}, expected integers")
+        raise StoreError(f"{what}: labels have type {a.dtype}, expected integers")
     if a.size and (a.min() < 0 or a.max() > 255):
         bad = np.unique(a[(a < 0) | (a > 255)])[:10]
-        raise StoreError(f"{key}: {name}: label values {[int(v) for v in bad]} are outside the label map "
+        raise StoreError(f"{what}: label values {[int(v) for v in bad]} are outside the label map "
                          f"{ {int(k): v for k, v in sorted(label_map.items())} }")
     u8 = a.astype(np.uint8, copy=False)
-    _check_values(u8, label_map, f"{key}: {name}")
+    _check_values(u8, label_map, what)
     return u8
 
 
@@ -466,17 +467,7 @@ def _read_labels_nifti(path: Path, shape: tuple[int, ...] | None, label_map: Map
     if data.ndim != 4:
         raise StoreError(f"{path}: expected (x, y, z, t) labels, got shape {data.shape}")
     labels = np.ascontiguousarray(np.transpose(data, (3, 2, 1, 0)))
-    if shape is not None and labels.shape != tuple(shape):
-        raise StoreError(f"{path}: labels {labels.shape} do not match the study {tuple(shape)} (t, z, y, x)")
-    if labels.dtype.kind == "f" and (not np.isfinite(labels).all() or np.any(labels != np.round(labels))):
-        raise StoreError(f"{path}: label map holds non-integer values")
-    if labels.size and (labels.min() < 0 or labels.max() > 255):
-        bad = np.unique(labels[(labels < 0) | (labels > 255)])[:10]
-        raise StoreError(f"{path}: label values {[int(v) for v in bad]} are outside the label map "
-                         f"{ {int(k): v for k, v in sorted(label_map.items())} }")
-    u8 = labels.astype(np.uint8, copy=False)
-    _check_values(u8, label_map, str(path))
-    return u8
+    return _as_labels(labels, str(path), shape, label_map)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -764,8 +755,8 @@ class CorrectionStore:
             raise StoreError(f"{key}: model_id must be a string (the model that produced 'original')")
         lm = _label_map(label_map, key)
         shape = study.shape
-        original = _as_labels(original, "original", key, shape, lm)
-        final = _as_labels(final, "final", key, shape, lm)
+        original = _as_labels(original, f"{key}: original", shape, lm)
+        final = _as_labels(final, f"{key}: final", shape, lm)
         edited_now = _frame_list(edited_frames, shape[0], key)
         changed = _differing(final, original)
         if not edited_now and not changed:
