@@ -307,6 +307,17 @@ def test_stop_file_exits_3_with_usable_checkpoint(tmp_path: Path, capsys) -> Non
     assert load_model(weights).task == "segmentation"  # config beside the checkpoint
     assert load_training_state(state)["step"] == 1
 
+    # the researcher ends the stopped run instead of resuming it: model, card, registration, no steps
+    assert commands.main(["train", str(cfg_path), "--run-dir", str(run), "--finish"]) == 2
+    assert "--finish ends an interrupted run" in capsys.readouterr().err
+    (run / "STOP").unlink()
+    assert commands.main(["train", str(cfg_path), "--run-dir", str(run), "--resume", "--finish",
+                          "--progress", "none"]) == 0
+    assert "ended by --finish after 1 of" in capsys.readouterr().out
+    card = json.loads((run / "card.json").read_text())
+    assert card["status"] == "finished_by_user" and card["steps"] == 1
+    assert [e["event"] for e in events(run)][-1] == "done" and (run / "model.safetensors").is_file()
+
 
 def test_gradient_accumulation_and_bf16_autocast(tmp_path: Path) -> None:
     cfg = tiny(**{"train.epochs": 1, "train.batch_size": 4, "train.accum_steps": 2, "train.precision": "bf16",

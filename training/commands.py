@@ -52,12 +52,14 @@ def cmd_train(args: argparse.Namespace) -> int:
         overrides = _parse_sets(args.set)
     except ValueError as exc:
         return _fail("train", str(exc))
+    if args.finish and not args.resume:
+        return _fail("train", "--finish ends an interrupted run: use it with --resume (and --run-dir)")
     return _run_training("train", args.config, resume=args.resume, run_dir=args.run_dir, device=args.device,
-                         progress=args.progress, overrides=overrides or None)
+                         progress=args.progress, overrides=overrides or None, finish=args.finish)
 
 
 def _run_training(command: str, config: Path, *, resume: bool, run_dir: Path | None, device: str | None,
-                  progress: str, overrides: dict[str, Any] | None) -> int:
+                  progress: str, overrides: dict[str, Any] | None, finish: bool = False) -> int:
     """The one code path of ``train`` and ``finetune``: train, then report the outcome and exit status."""
     from .config import ConfigError
     from .datasets import DatasetError
@@ -67,7 +69,7 @@ def _run_training(command: str, config: Path, *, resume: bool, run_dir: Path | N
     progress = None if progress == "none" else progress
     try:
         result = train(config, resume=resume, run_dir=run_dir, device=device, progress=progress,
-                       overrides=overrides)
+                       overrides=overrides, finish=finish)
     except (ConfigError, DatasetError, TrainingError, ValueError, OSError) as exc:
         cleanup()
         return _fail(command, str(exc))
@@ -86,7 +88,8 @@ def _run_training(command: str, config: Path, *, resume: bool, run_dir: Path | N
               f"--run-dir {result.run_dir}", file=sys.stderr)
         return EXIT_STOPPED
     best = result.best.get("value")
-    msg = (f"{'early-stopped' if result.status == 'early_stopped' else 'finished'} after {result.step} steps; "
+    ended = {"early_stopped": "early-stopped", "finished_by_user": "ended by --finish"}.get(result.status, "finished")
+    msg = (f"{ended} after {result.step} of {result.total_steps} steps; "
            f"run folder {result.run_dir}")
     if best is not None:
         msg += f"; best {result.monitor} {best:.4g} (step {result.best.get('step')})"
@@ -189,6 +192,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("config", type=Path, help="training config (YAML)")
     p.add_argument("--resume", action="store_true", help="continue the newest interrupted run of this config exactly")
     p.add_argument("--run-dir", type=Path, help="the run folder to write (or, with --resume, to continue)")
+    p.add_argument("--finish", action="store_true",
+                   help="with --resume: end the stopped run now; its best checkpoint becomes the model (card, "
+                        "registration) without further steps")
     p.add_argument("--progress", choices=["json", "text", "none"], default="text",
                    help="progress on stdout: JSON lines (for GUIs), text, or none")
     p.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default=None,

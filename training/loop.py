@@ -101,7 +101,7 @@ class DiskFullError(TrainingError):
 
 @dataclass
 class TrainResult:
-    status: str  # done | early_stopped | stopped
+    status: str  # done | early_stopped | finished_by_user | stopped
     run_dir: Path
     step: int
     total_steps: int
@@ -369,9 +369,10 @@ class Trainer:
     def __init__(self, config: str | Path | Mapping[str, Any], *, resume: bool = False,
                  run_dir: str | Path | None = None, device: str | None = None, progress: str | None = None,
                  overrides: Mapping[str, Any] | None = None,
-                 on_step: Callable[["Trainer", int], None] | None = None):
+                 on_step: Callable[["Trainer", int], None] | None = None, finish: bool = False):
         self.config_arg = config
         self.resume = resume
+        self.finish_now = finish  # end a resumed run here: its best checkpoint becomes the model
         self.run_dir_arg = Path(run_dir) if run_dir is not None else None
         self.device_arg = device
         self.progress = progress
@@ -853,6 +854,9 @@ class Trainer:
         finished_early = bool(self.patience and self.last_val and self.bad_rounds >= self.patience)
         if finished_early:  # resuming a run that had already stopped early: just finish it again
             status = "early_stopped"
+        elif self.finish_now:  # the researcher ends a stopped run: no more steps
+            finished_early = True
+            status = "finished_by_user"
 
         def eta() -> float | None:
             done = self.step - steps_at_start
@@ -1145,15 +1149,18 @@ def _card_md(card: Mapping[str, Any]) -> str:
 
 def train(config: str | Path | Mapping[str, Any], *, resume: bool = False, run_dir: str | Path | None = None,
           device: str | None = None, progress: str | None = None, overrides: Mapping[str, Any] | None = None,
-          on_step: Callable[[Trainer, int], None] | None = None) -> TrainResult:
+          on_step: Callable[[Trainer, int], None] | None = None, finish: bool = False) -> TrainResult:
     """Train (or pre-train) from a config; the run folder, metrics log, checkpoints and card are written
     by rank 0 and the finished model is registered (``output.register``).
 
     Returns a :class:`TrainResult` with status 'done', 'early_stopped' or 'stopped' (a stop file,
     SIGTERM/SIGINT or :meth:`Trainer.request_stop`; the last checkpoint is then written and
-    ``resume=True`` continues exactly). Raises ConfigError, DatasetError or TrainingError
-    (DiskFullError) with a message naming the problem.
+    ``resume=True`` continues exactly; ``resume=True, finish=True`` ends such a run instead: its best
+    checkpoint becomes the final model, with its card, registered; status 'finished_by_user'). Raises
+    ConfigError, DatasetError or TrainingError (DiskFullError) with a message naming the problem.
     """
+    if finish and not resume:
+        raise ValueError("finish=True ends an interrupted run: it needs resume=True")
     trainer = Trainer(config, resume=resume, run_dir=run_dir, device=device, progress=progress,
-                      overrides=overrides, on_step=on_step)
+                      overrides=overrides, on_step=on_step, finish=finish)
     return trainer.fit()
