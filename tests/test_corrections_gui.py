@@ -148,6 +148,14 @@ def test_correct_save_reload_and_browse(make_napari_viewer, qtbot, models):
     assert dock.store_table.rowCount() == 1
     assert dock.store_table.item(0, 2).text() == f"{len(store.load(study).edited_frames)}/8"
 
+    # ... and opens a stored study from the store's own copy of the image, with its corrections
+    n_layers = len(viewer.layers)
+    opened = dock.open_stored_study(study_key(study))
+    qtbot.waitUntil(lambda: api.find_result_layer(viewer, opened) is not None, timeout=WAIT_MS)
+    assert len(viewer.layers) == n_layers + 2
+    np.testing.assert_allclose(np.asarray(opened.data), np.asarray(image2.data), rtol=1e-5)
+    np.testing.assert_array_equal(np.asarray(api.find_result_layer(viewer, opened).data), final)
+
 
 def test_autosave_and_unsaved_edits_survive_a_failed_save(make_napari_viewer, qtbot, models, monkeypatch):
     viewer = make_napari_viewer()
