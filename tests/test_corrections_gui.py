@@ -236,6 +236,12 @@ def test_finetune_from_the_dock_stop_resume_and_use_the_new_model(make_napari_vi
     total = next(e["total_steps"] for e in dock.events if e.get("event") == "step")
     assert stopped_at < total
 
+    # napari closed meanwhile: a new dock finds the interrupted run and offers to resume it
+    again = type(dock)(viewer)
+    assert again.resumable == dock.resumable and again.start_button.text() == "Resume"
+    assert "interrupted run was found" in again.status.text()
+    again.deleteLater()
+
     # start again: resumes the same run to completion, registers the model, fills the table
     assert dock.start()
     qtbot.waitUntil(lambda: outcomes[-1:] == ["done"], timeout=TRAIN_WAIT_MS)

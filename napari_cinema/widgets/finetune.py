@@ -286,6 +286,27 @@ class FinetuneWidget(QWidget):
         self.store_edit.setText(str(default_store_root()))
         self.refresh_models()
         self.refresh_store_summary()
+        self.offer_interrupted_run()
+
+    def offer_interrupted_run(self) -> Path | None:
+        """A fine-tuning run interrupted in an earlier session (napari closed, a crash): Start resumes it."""
+        try:
+            runs = [d for d in runs_root().iterdir() if (d / "finetune.yaml").is_file()
+                    and (d / "checkpoints" / "last.json").is_file() and not (d / "model.safetensors").is_file()]
+        except OSError:
+            return None
+        if not runs:
+            return None
+        run = max(runs, key=lambda d: (d / "checkpoints" / "last.json").stat().st_mtime)
+        try:
+            last = json.loads((run / "checkpoints" / "last.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        self.resumable = self.run_dir = run
+        self._update_buttons()
+        self._message(f"An interrupted run was found: {run.name}, step {last.get('step')} of "
+                      f"{last.get('total_steps')}. Resume continues it exactly; New run leaves it on disk.", "info")
+        return run
 
     def sizeHint(self) -> QSize:  # noqa: N802 - Qt
         return QSize(320, 620)
