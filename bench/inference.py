@@ -11,6 +11,8 @@ Usage::
     python bench/inference.py                       # defaults: tiny,small; cpu; 30 frames x 10 slices
     python bench/inference.py --sizes tiny --devices cpu,cuda --frames 50
     python bench/inference.py --arch 3d --frames 4  # the published 3-D SAX geometry (192 x 192 x 16)
+    python bench/inference.py --model default-sax-seg --matrix 256 --pixel-mm 1.4 --repeats 3
+                                                    # the shipped default model (trained weights)
 
 Architectures: ``2d`` is a per-slice SAX ConvUNetR (128 x 128 input at 1.5 mm, slices of all frames
 batched together), ``3d`` the published SAX layout (192 x 192 x 16 at 1 x 1 x 10 mm, one volume per
@@ -107,6 +109,17 @@ def config(size: str, arch: str, dec_chans: list[int]) -> dict:
     }
 
 
+def load_registered(model_id: str):
+    """A registry model (e.g. the bundled default) with its own spec, instead of random weights."""
+    from napari_cinema.engine.spec import resolve_model
+    from napari_cinema.model.factory import count_parameters
+    from napari_cinema.model.registry import load_model
+
+    loaded = load_model(model_id)
+    module, spec = resolve_model(loaded, None)
+    return loaded, spec, count_parameters(module)
+
+
 def build(size: str, arch: str, dec_chans: list[int]):
     from napari_cinema.model.factory import build_model, count_parameters
 
@@ -142,7 +155,10 @@ def run_once(study, model, spec, device: str, batch_frames: int | None, precisio
 def worker(args) -> int:
     """One configuration in a fresh process, so that its peak RSS is its own."""
     study, source = make_input(args.frames, args.slices, args.matrix, args.pixel_mm)
-    model, spec, n_params = build(args.size, args.arch, [int(c) for c in args.dec_chans.split(",")])
+    if args.model:
+        model, spec, n_params = load_registered(args.model)
+    else:
+        model, spec, n_params = build(args.size, args.arch, [int(c) for c in args.dec_chans.split(",")])
     # warm-up: one frame (allocator, kernels, lazy init) outside the timings
     run_segmentation(study, model, spec, device=args.device, frames=[0], batch_frames=1, precision=args.precision)
     r = run_once(study, model, spec, args.device, args.batch_frames, args.precision)
@@ -164,6 +180,8 @@ def spawn(args, size: str, device: str, precision: str, batch_frames: int | None
            "--labels-out", str(labels_out), "--repeats", str(args.repeats)]
     if batch_frames is not None:
         cmd += ["--batch-frames", str(batch_frames)]
+    if args.model:
+        cmd += ["--model", args.model]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     for line in proc.stdout.splitlines():
         if line.startswith("RESULT "):
@@ -187,6 +205,8 @@ def main(argv=None) -> int:
     p.add_argument("--precisions", default="fp32", help="fp32, bf16, auto; comma-separated")
     p.add_argument("--no-loop", action="store_true", help="skip the per-frame loop comparison")
     p.add_argument("--repeats", type=int, default=1, help="timed runs per row; the fastest is reported")
+    p.add_argument("--model", help="benchmark this registry model (e.g. default-sax-seg) instead of random-weight "
+                                   "networks; --sizes, --arch and --dec-chans are then ignored")
     # internal: one configuration per process
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--size", help=argparse.SUPPRESS)
@@ -197,11 +217,13 @@ def main(argv=None) -> int:
     if args.worker:
         return worker(args)
 
+    what = (f"registry model {args.model}" if args.model else
+            f"arch {args.arch} {ARCHS[args.arch]}, decoder {args.dec_chans}")
     print(f"input: {args.frames}-frame, {args.slices}-slice SAX phantom, {args.matrix} x {args.matrix} at "
-          f"{args.pixel_mm} mm; arch {args.arch} {ARCHS[args.arch]}, decoder {args.dec_chans}; "
+          f"{args.pixel_mm} mm; {what}; "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads; each row in a fresh process, "
           f"best of {args.repeats}")
-    header = (f"{'model':<10} {'params':>7} {'device':<24} {'prec':<4} {'mode':<7} {'batch':>5} {'cine s':>7} "
+    header = (f"{'model':<16} {'params':>7} {'device':<24} {'prec':<4} {'mode':<7} {'batch':>5} {'cine s':>7} "
               f"{'s/frame':>7} {'model s':>7} {'RSS MB':>7} {'+RSS MB':>7} {'CUDA MB':>7} {'speed-up':>8}")
     print(header)
     print("-" * len(header))
@@ -213,9 +235,10 @@ def main(argv=None) -> int:
             except Exception as exc:  # noqa: BLE001 - report and go on with the other devices
                 print(f"{device}: skipped ({exc})")
                 continue
-            for size in args.sizes.split(","):
+            for size in [args.model] if args.model else args.sizes.split(","):
                 for precision in args.precisions.split(","):
-                    spec = ModelSpec.from_config(config(size, args.arch, [int(c) for c in args.dec_chans.split(",")]))
+                    spec = (load_registered(args.model)[1] if args.model else
+                            ModelSpec.from_config(config(size, args.arch, [int(c) for c in args.dec_chans.split(",")])))
                     geometry = SimpleNamespace(shape=(args.frames, args.slices, args.matrix, args.matrix),
                                                spacing=(30.0, 10.0, args.pixel_mm, args.pixel_mm), n_frames=args.frames)
                     auto = choose_batch_frames(geometry, spec, device)
@@ -230,14 +253,15 @@ def main(argv=None) -> int:
                     for mode, r in rows:
                         ratio = f"{base / r['seconds']:.2f}x" if base else ""
                         cuda = "-" if r["cuda_peak_mb"] is None else f"{r['cuda_peak_mb']:.0f}"
-                        print(f"{size + '-' + args.arch:<10} {r['params'] / 1e6:>6.2f}M {r['device'][:24]:<24} "
+                        name = size if args.model else size + "-" + args.arch
+                        print(f"{name[:16]:<16} {r['params'] / 1e6:>6.2f}M {r['device'][:24]:<24} "
                               f"{r['precision']:<4} {mode:<7} {r['batch']:>5} {r['seconds']:>7.1f} "
                               f"{r['seconds'] / args.frames:>7.3f} {r['model_s']:>7.1f} {r['rss_peak_mb']:>7.0f} "
                               f"{r['rss_rise_mb']:>7.0f} {cuda:>7} {ratio:>8}")
                     if not args.no_loop:
                         ref = np.load(Path(tmp) / "loop.npy")
                         agree = min(float((np.load(Path(tmp) / f"{m}.npy") == ref).mean()) for m, _ in modes)
-                        print(f"{'':<10} engine's own choice on this device: {auto} frame(s) per pass; speed-up is "
+                        print(f"{'':<16} engine's own choice on this device: {auto} frame(s) per pass; speed-up is "
                               f"vs the per-frame loop; labels identical to the loop's: {agree * 100:.3f} %")
     if "cpu" in args.devices:
         from napari_cinema.engine import cpu_bf16_is_faster
