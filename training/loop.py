@@ -1104,6 +1104,11 @@ def licence_for(source_types: set[str]) -> tuple[str, str, list[str]]:
     return licence, " ".join(notes), cites
 
 
+def card_markdown(card: Mapping[str, Any]) -> str:
+    """The model card as Markdown (card.md) from card.json's fields."""
+    return _card_md(card)
+
+
 def _card_md(card: Mapping[str, Any]) -> str:
     m = card.get("metrics") or {}
     val = m.get("validation") or {}
@@ -1139,6 +1144,19 @@ def _card_md(card: Mapping[str, Any]) -> str:
         lines += ["", "## Validation metrics", "", "| metric | value |", "|---|---|"]
         for k, v in val.items():
             lines.append(f"| {k} | {fmt(v)} |")
+    evaluations = card.get("evaluations") or []
+    if evaluations:
+        lines += ["", "## End to end (`napari-cinema evaluate`: label-free centring, as in the app)", "",
+                  "| data | cases | Dice LV | Dice MYO | Dice RV | Dice mean | HD95 mean mm | LVEF MAE |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for e in evaluations:
+            d, h = e.get("dice") or {}, e.get("hd95_mm") or {}
+            lines.append(f"| {e.get('data')} | {e.get('n_cases')} | {fmt(d.get('LV'))} | {fmt(d.get('MYO'))} | "
+                         f"{fmt(d.get('RV'))} | {fmt(d.get('mean'))} | {fmt(h.get('mean'))} | "
+                         f"{fmt(e.get('LVEF_mae_pct'))} |")
+        lines += ["", "Reproduce: " + "; ".join(f"`{e['command']}`" for e in evaluations if e.get("command"))]
+    if card.get("status_note"):
+        lines += ["", str(card["status_note"])]
     for w in card.get("warnings") or []:
         lines += ["", f"**Warning:** {w}"]
     if card.get("citations"):

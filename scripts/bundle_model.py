@@ -1,0 +1,59 @@
+"""Bundle a finished training run as a model shipped with the package (napari_cinema/models/<id>/).
+
+Copies the run's model.safetensors and config.yaml, adds the end-to-end evaluations (``napari-cinema
+evaluate`` JSON files) and a status note to its card, and writes card.json / card.md. Usage::
+
+    python scripts/bundle_model.py runs/sax_seg --id default-sax-seg \\
+        --eval "ACDC held-out split (15)=runs/eval/acdc.json=napari-cinema evaluate ../shared/data/acdc --split val --out acdc.json" \\
+        --note "PRELIMINARY: ..."
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("run", type=Path, help="finished run folder (model.safetensors, config.yaml, card.json)")
+    p.add_argument("--id", required=True, help="bundled model id (folder name under napari_cinema/models)")
+    p.add_argument("--eval", action="append", default=[], metavar="LABEL=FILE=COMMAND",
+                   help="an evaluate JSON to add to the card, with its label and the command that made it")
+    p.add_argument("--note", help="status note (e.g. below target) shown in the card and the description")
+    p.add_argument("--description", help="replace the card's one-line description")
+    args = p.parse_args()
+
+    from napari_cinema.model.checkpoint import sha256_file
+    from napari_cinema.training.loop import card_markdown
+
+    card = json.loads((args.run / "card.json").read_text())
+    card["id"] = args.id
+    if args.description:
+        card["description"] = args.description
+    card["evaluations"] = []
+    for spec in args.eval:
+        label, path, command = spec.split("=", 2)
+        r = json.loads(Path(path).read_text())
+        card["evaluations"].append({"data": label, "n_cases": r["n_cases"], "dice": r["dice"], "hd95_mm": r["hd95_mm"],
+                                    "LVEF_mae_pct": r.get("LVEF_mae_pct"), "LVEDV_mae_ml": r.get("LVEDV_mae_ml"),
+                                    "LVESV_mae_ml": r.get("LVESV_mae_ml"), "command": command})
+    if args.note:
+        card["status_note"] = args.note
+    out = REPO / "napari_cinema" / "models" / args.id
+    out.mkdir(parents=True, exist_ok=True)
+    for name in ("model.safetensors", "config.yaml"):
+        shutil.copyfile(args.run / name, out / name)
+    card["weights_sha256"] = sha256_file(out / "model.safetensors")
+    (out / "card.json").write_text(json.dumps(card, indent=2) + "\n")
+    (out / "card.md").write_text(card_markdown(card))
+    print(f"bundled {args.run} as {out} (sha256 {card['weights_sha256'][:12]})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
