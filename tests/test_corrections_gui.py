@@ -188,6 +188,17 @@ def test_autosave_and_unsaved_edits_survive_a_failed_save(make_napari_viewer, qt
     assert entry.autosave and entry.edited_frames == [1] and not dock.dirty
     assert "Autosaved" in dock.status.text()
 
+    # deleting the layer with unsaved edits saves them instead of losing them
+    dock.autosave_check.setChecked(False)
+    labels.paint((5, 2, 30, 30), 1, refresh=True)
+    edited = np.array(labels.data, copy=True)
+    n = len(saves)
+    viewer.layers.remove(labels)
+    qtbot.waitUntil(lambda: len(saves) > n and not dock.saving, timeout=WAIT_MS)
+    stored = CorrectionStore().load(image.metadata["cinema_study"])
+    assert 5 in stored.edited_frames
+    np.testing.assert_array_equal(stored.final, edited)
+
 
 def _phantom_store(root, n: int = 2):
     """A correction store holding phantom studies: truth labels as corrections of an empty output."""

@@ -328,7 +328,10 @@ class CorrectionWidget(QWidget):
                 old.events.data.disconnect(self._on_data)
             except (TypeError, ValueError, RuntimeError):
                 pass
-            if self._dirty:
+            if self._dirty and not any(same_layer(old, other) for other in self.viewer.layers):
+                # the layer was deleted with unsaved edits: they go to the store, not to the bin
+                self.save(autosave=True, layer=old, touched=set(self._touched))
+            elif self._dirty:
                 self._message(f"'{old.name}' has unsaved corrections (frames "
                               f"{self._frames_text(self._touched)}); select it again to save them.", "warning")
         self._layer = new
@@ -476,11 +479,13 @@ class CorrectionWidget(QWidget):
         return target
 
     # -- saving -----------------------------------------------------------------------------------
-    def save(self, autosave: bool = False) -> bool:
-        """Save in a worker thread; returns False when nothing was started (the status says why)."""
+    def save(self, autosave: bool = False, layer=None, touched: set[int] | None = None) -> bool:
+        """Save (the dock's layer, or ``layer``) in a worker thread; returns False when nothing was
+        started (the status says why)."""
         from napari.qt.threading import create_worker
 
-        if self._layer is None:
+        layer = self._layer if layer is None else layer
+        if layer is None:
             self._message("Choose the labels layer to save.", "warning")
             return False
         if self.saving:
@@ -488,7 +493,7 @@ class CorrectionWidget(QWidget):
                 self._message("A save is already running.", "info")
             return False
         try:
-            snapshot = api.correction_snapshot(self.viewer, self._layer)
+            snapshot = api.correction_snapshot(self.viewer, layer)
         except Exception as exc:  # noqa: BLE001 - shown to the user
             self._message(f"Cannot save: {exc}", "error", toast=not autosave)
             return False
@@ -497,7 +502,7 @@ class CorrectionWidget(QWidget):
                 self._message("Nothing to save: no frame was edited or accepted.", "info")
             return False
         force, self._force_next = self._force_next, False
-        layer, touched = self._layer, set(self._touched)
+        touched = set(self._touched) if touched is None else touched
         worker = create_worker(_save_job, snapshot, self.store_root, autosave, force, _start_thread=False)
         worker.returned.connect(lambda outcome: self._on_saved(layer, touched, outcome[1], autosave)
                                 if outcome[0] == "ok" else self._on_save_error(outcome[1], autosave))
