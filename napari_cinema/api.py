@@ -784,8 +784,8 @@ def export_report(viewer: "napari.Viewer", labels_layer: "Labels | str", out_dir
     return write_report(report, out_dir, pdf=pdf)
 
 
-def _open_dock(viewer: Any, name: str):
-    _dock, widget = viewer.window.add_plugin_dock_widget(PLUGIN, name)
+def _open_dock(viewer: Any, name: str, tabify: bool = False):
+    _dock, widget = viewer.window.add_plugin_dock_widget(PLUGIN, name, tabify=tabify)
     return widget
 
 
@@ -953,11 +953,11 @@ def apply_stored_corrections(viewer: Any, image_layer: Any, stored: Any):
     return layer
 
 
-def open_corrections_dock(viewer: "napari.Viewer"):
-    """Open (or show) the 'Corrections' dock; returns the widget."""
-    return _open_dock(viewer, CORRECTIONS_DOCK)
+def open_corrections_dock(viewer: "napari.Viewer", tabify: bool = False):
+    """Open (or show) the 'Corrections' dock (``tabify``: as a tab of the last dock); returns the widget."""
+    return _open_dock(viewer, CORRECTIONS_DOCK, tabify)
 
 
-def open_finetune_dock(viewer: "napari.Viewer"):
-    """Open (or show) the 'Fine-tuning' dock; returns the widget."""
-    return _open_dock(viewer, FINETUNE_DOCK)
+def open_finetune_dock(viewer: "napari.Viewer", tabify: bool = False):
+    """Open (or show) the 'Fine-tuning' dock (``tabify``: as a tab of the last dock); returns the widget."""
+    return _open_dock(viewer, FINETUNE_DOCK, tabify)

@@ -69,11 +69,12 @@ def _cmd_view(args: argparse.Namespace) -> int:
     for path in args.paths:
         viewer.open(str(path), plugin="napari-cinema")
     if not args.no_docks:
-        from .api import open_analysis_dock, open_corrections_dock, open_function_dock
+        from .api import open_analysis_dock, open_function_dock
 
+        # the review docks; Corrections and Fine-tuning are one click away (Plugins > napari-cinema), a third
+        # dock stacked here would squeeze the analysis dock on a 1280 x 800 screen
         open_analysis_dock(viewer)
         open_function_dock(viewer)
-        open_corrections_dock(viewer)
     napari.run()
     return 0
 
@@ -113,7 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("view", help="open napari with studies or the phantom sample")
     p.add_argument("paths", type=Path, nargs="*", help="studies to open")
     p.add_argument("--sample", choices=["sax", "lax_4c", "lax_2c"], help="open a phantom sample")
-    p.add_argument("--no-docks", action="store_true", help="do not open the analysis, function and corrections docks")
+    p.add_argument("--no-docks", action="store_true", help="do not open the analysis and function docks")
     p.set_defaults(handler=_cmd_view)
 
     return parser

@@ -256,7 +256,7 @@ class CorrectionWidget(QWidget):
             self.layer_combo.set_layer(pick)
 
     def sizeHint(self) -> QSize:  # noqa: N802 - Qt
-        return QSize(300, 460)
+        return QSize(300, 320)  # it scrolls: a modest height leaves room for the docks above it
 
     # -- state ------------------------------------------------------------------------------------
     @property
