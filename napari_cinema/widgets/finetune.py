@@ -361,7 +361,8 @@ class FinetuneWidget(QWidget):
             return
         frames = sum(len(e.edited_frames) for e in entries)
         views = sorted({e.view for e in entries})
-        self.store_summary.setText(f"{len(entries)} studies, {frames} corrected frames"
+        studies = "1 study" if len(entries) == 1 else f"{len(entries)} studies"
+        self.store_summary.setText(f"{studies}, {frames} corrected frame{'' if frames == 1 else 's'}"
                                    + (f" ({', '.join(views)})" if views else "") if entries else
                                    "no corrections stored yet")
 
