@@ -47,11 +47,8 @@ def sax_phantom_data():
     return _PHANTOM["sax"]
 
 
-def wait_saved(qtbot, dock, n_before: int):
+def wait_saved(qtbot, dock, saves: list, n_before: int):
     qtbot.waitUntil(lambda: not dock.saving and len(saves) > n_before, timeout=WAIT_MS)
-
-
-saves: list = []
 
 
 def test_correct_save_reload_and_browse(make_napari_viewer, qtbot, models):
@@ -63,6 +60,7 @@ def test_correct_save_reload_and_browse(make_napari_viewer, qtbot, models):
 
     dock = api.open_corrections_dock(viewer)
     dock.autosave_check.setChecked(False)
+    saves: list = []
     dock.saved.connect(saves.append)
     assert same(dock.labels_layer, labels)
     assert not dock.dirty and dock.jump_to_changed() is None  # nothing differs from the model yet
@@ -89,7 +87,7 @@ def test_correct_save_reload_and_browse(make_napari_viewer, qtbot, models):
     # save: both versions and provenance are in the store
     n = len(saves)
     assert dock.save()
-    wait_saved(qtbot, dock, n)
+    wait_saved(qtbot, dock, saves, n)
     assert not dock.dirty
     store = CorrectionStore()
     assert store.root == default_store_root()
@@ -108,7 +106,7 @@ def test_correct_save_reload_and_browse(make_napari_viewer, qtbot, models):
     labels.paint((4, 2, 20, 20), 1, refresh=True)
     n = len(saves)
     assert dock.save()
-    wait_saved(qtbot, dock, n)
+    wait_saved(qtbot, dock, saves, n)
     assert store.versions(study_key(study)) == [1, 2]
     assert 4 in store.load(study).edited_frames
     np.testing.assert_array_equal(store.load_version(study, 1).final[4], model_output[4])
@@ -125,7 +123,7 @@ def test_correct_save_reload_and_browse(make_napari_viewer, qtbot, models):
     assert dock.save_button.text().startswith("Save anyway")
     n = len(saves)
     assert dock.save()
-    wait_saved(qtbot, dock, n)
+    wait_saved(qtbot, dock, saves, n)
     assert store.versions(study_key(study)) == [1, 2, 3, 4]
     assert store.load_version(study, 3).provenance["user"] == "someone-else"
 
@@ -162,6 +160,7 @@ def test_autosave_and_unsaved_edits_survive_a_failed_save(make_napari_viewer, qt
     image, analysis, _function = segment(viewer, qtbot)
     labels = analysis.labels_layer
     dock = api.open_corrections_dock(viewer)
+    saves: list = []
     dock.saved.connect(saves.append)
     dock.autosave_interval_ms = 300
     dock.autosave_check.setChecked(False)
@@ -175,11 +174,11 @@ def test_autosave_and_unsaved_edits_survive_a_failed_save(make_napari_viewer, qt
     def full(*_a, **_k):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(store_module.nib, "save", full)
-    labels.paint((1, 2, 30, 30), 2, refresh=True)
-    qtbot.waitUntil(lambda: "disk full" in dock.status.text(), timeout=WAIT_MS)
-    assert dock.dirty and CorrectionStore().entries() == []
-    monkeypatch.undo()
+    with monkeypatch.context() as patch:
+        patch.setattr(store_module.nib, "save", full)
+        labels.paint((1, 2, 30, 30), 2, refresh=True)
+        qtbot.waitUntil(lambda: "disk full" in dock.status.text(), timeout=WAIT_MS)
+        assert dock.dirty and CorrectionStore().entries() == []
 
     # the next autosave writes it
     n = len(saves)

@@ -93,7 +93,10 @@ class CorrectionWidget(QWidget):
         from napari.layers import Image, Labels
 
         self.viewer = napari_viewer
-        self.store_root = None  # None: the default store (napari_cinema.annotations.store.default_store_root)
+        from napari_cinema.annotations.store import default_store_root
+
+        # resolved once: every save of this session (autosaves at close included) goes to the store shown
+        self.store_root = default_store_root()
         self._layer = None
         self._touched: set[int] = set()  # frames painted since the last save
         self._dirty = False
@@ -276,7 +279,9 @@ class CorrectionWidget(QWidget):
 
     def set_store(self, root) -> None:
         """Use the store at ``root`` (None: the default one)."""
-        self.store_root = root
+        from napari_cinema.annotations.store import default_store_root
+
+        self.store_root = default_store_root() if root is None else root
         self._offered.clear()
         if not self.store_box.isHidden():
             self.refresh_store()
