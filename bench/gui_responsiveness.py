@@ -378,7 +378,7 @@ def main() -> None:
     slider, _p99, _over, _n = baseline.summary("napari time slider")
 
     print(f"\nmain-thread costs at the first layer creation (ms, self time, all turns until the curves are "
-          f"redrawn): " + ", ".join(f"{label} {ms:.0f}" for label, ms in tracer.totals(creation_windows)[:10]))
+          "redrawn): " + ", ".join(f"{label} {ms:.0f}" for label, ms in tracer.totals(creation_windows)[:10]))
     print(f"references: napari's time slider before the docks were opened (no napari-cinema code) {slider:.1f} ms "
           f"per frame at most; one viewer.add_labels call for a same-size layer (napari's work in one turn, as "
           f"the dock did it before) {ref_add:.1f} ms" + (f" ({tracer.turn(*ref_turn)})" if ref_turn else ""))

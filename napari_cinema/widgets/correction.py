@@ -15,8 +15,6 @@ cannot tear what is written). The dock only moves data between layers and the co
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 from qtpy.QtCore import QSize, Qt, QTimer, Signal
 from qtpy.QtWidgets import (
@@ -90,7 +88,7 @@ class CorrectionWidget(QWidget):
 
     def __init__(self, napari_viewer, parent=None):
         super().__init__(parent)
-        from napari.layers import Image, Labels
+        from napari.layers import Labels
 
         self.viewer = napari_viewer
         from napari_cinema.annotations.store import default_store_root
