@@ -413,8 +413,13 @@ def run_models(study: CineStudy, model_id: str, *, device: str = "auto", view: s
 # results -> layers (main thread)
 # --------------------------------------------------------------------------------------------------
 
+ORIGINAL_KEY = "cinema_original"  # the model output the annotator started from (t, z, y, x) uint8
+STORE_VERSION_KEY = "cinema_store_version"  # the store version this layer was saved as / loaded from
+EDITED_KEY = "cinema_edited_frames"  # frames edited by hand (cumulative, saved or not)
+UNSAVED_KEY = "cinema_unsaved"  # hand edits not yet in the correction store
+# metadata a model run owns: replaced on a re-run (the store version a layer builds on is kept)
 OWN_KEYS = ("cinema_result", "cinema_models", "provenance", "model", "labelled_frames", "edited",
-            "cinema_original", "cinema_edited_frames", "cinema_unsaved")
+            ORIGINAL_KEY, EDITED_KEY, UNSAVED_KEY)
 
 
 def find_result_layer(viewer: Any, image_layer: Any, kind: str = "segmentation"):
@@ -537,7 +542,7 @@ def apply_results_steps(viewer: Any, image_layer: Any, results: CineResults):
         "model": {**model, "label_names": dict(seg.label_names or LABEL_NAMES)},
         "labelled_frames": list(range(study.n_frames)),
         "edited": False,
-        "cinema_original": parts.original,
+        ORIGINAL_KEY: parts.original,
     }
     outputs = results.model_outputs()
     if outputs:
@@ -802,10 +807,6 @@ def open_function_dock(viewer: "napari.Viewer"):
 # --------------------------------------------------------------------------------------------------
 # corrections (the Corrections dock's twins; the store is napari_cinema.annotations.store)
 # --------------------------------------------------------------------------------------------------
-ORIGINAL_KEY = "cinema_original"  # the model output the annotator started from (t, z, y, x) uint8
-STORE_VERSION_KEY = "cinema_store_version"  # the store version this layer was saved as / loaded from
-EDITED_KEY = "cinema_edited_frames"  # frames edited by hand (cumulative, saved or not)
-UNSAVED_KEY = "cinema_unsaved"  # hand edits not yet in the correction store
 
 
 def correction_baseline(labels_layer: Any) -> np.ndarray:
@@ -867,7 +868,8 @@ def correction_snapshot(viewer: Any, labels_layer: Any, edited_frames=None) -> C
     prov = labels_layer.metadata.get("provenance")
     prov = prov if isinstance(prov, Mapping) else {}
     version = labels_layer.metadata.get(STORE_VERSION_KEY)
-    return CorrectionSnapshot(study=study, original=np.array(original, dtype=np.uint8, copy=True), final=final,
+    # the model output is never painted on (the layer's data is its own copy): no copy needed
+    return CorrectionSnapshot(study=study, original=np.asarray(original, dtype=np.uint8), final=final,
                               model_id=str(prov.get("model_id") or "none (labels not from a model)"),
                               model_sha256=prov.get("sha256"), edited_frames=sorted(int(t) for t in edited_frames),
                               base_version=None if version is None else int(version))

@@ -584,20 +584,28 @@ class CorrectionStore:
             autosave=bool(prov.get("autosave", False)),
         )
 
+    def entry(self, study_or_key: CineStudy | str) -> StudyEntry | None:
+        """One study's browser row (its current version; provenance only, no label files), None when
+        the store has none for it."""
+        key, folder = self._resolve(study_or_key)
+        head = self._head(folder)
+        if head is None:
+            return None
+        return self._entry(key, folder, head, self._read_provenance(folder, head["version"]))
+
     def entries(self) -> list[StudyEntry]:
         """Every study in the store (its current version), sorted by key; unreadable ones are skipped
         with a :class:`StoreWarning`."""
         out = []
         for key in self.keys():
-            folder = self.root / key
             try:
-                head = self._head(folder)
-                if head is None:  # removed meanwhile
-                    continue
-                out.append(self._entry(key, folder, head, self._read_provenance(folder, head["version"])))
+                found = self.entry(key)
             except (StoreError, OSError, ValueError, TypeError, KeyError) as exc:
                 warnings.warn(f"correction store {self.root}: skipped study {key}: {exc}", StoreWarning,
                               stacklevel=2)
+                continue
+            if found is not None:  # None: removed meanwhile
+                out.append(found)
         return out
 
     def read_study(self, key: CineStudy | str, *, labels: bool = True) -> CineStudy:

@@ -72,9 +72,9 @@ def motion_centre(image_tzyx: np.ndarray, spacing_zyx, sigma_mm: float = 15.0,
     image = np.asarray(image_tzyx)
     if image.ndim != 4 or image.shape[0] < 2:
         return None
-    img = image.astype(np.float32)
+    img = np.asarray(image, dtype=np.float32)  # no copy for the usual float32 cine
     scale = float(np.percentile(img[:, img.shape[1] // 2], 99)) or 1.0
-    std = (img / scale).std(axis=0)  # (z, y, x)
+    std = img.std(axis=0) / scale  # (z, y, x); std is linear in the scale, so scale the small result
     per_slice = std.mean(axis=(1, 2))
     motion = std.mean(axis=0)
     dz, dy, dx = (float(v) for v in spacing_zyx)

@@ -101,7 +101,6 @@ class CorrectionWidget(QWidget):
         self._worker = None
         self._force_next = False
         self._offered: set[str] = set()  # image layers already offered their stored corrections
-        self.last_entry = None
         self.autosave_interval_ms = AUTOSAVE_MS
 
         content = scrolling(self)
@@ -521,7 +520,6 @@ class CorrectionWidget(QWidget):
             self.save(autosave=True)
 
     def _on_saved(self, layer, touched: set[int], entry, autosave: bool) -> None:
-        self.last_entry = entry
         layer.metadata[api.STORE_VERSION_KEY] = entry.version
         if same_layer(layer, self._layer):
             self._touched -= touched  # edits made while saving stay unsaved
@@ -565,15 +563,9 @@ class CorrectionWidget(QWidget):
             return
         self._offered.add(str(layer.unique_id))
         try:
-            from napari_cinema.annotations.store import study_key
-
-            store = self._store()
-            versions = store.versions(study_key(study))
+            entry = self._store().entry(study)  # its provenance only: no label files are read here
         except Exception:  # noqa: BLE001 - an unreadable store must not break opening a study
             return
-        if not versions:
-            return
-        entry = next((e for e in store.entries() if e.key == study_key(study)), None)
         if entry is None:
             return
         self._offer_layer = layer
@@ -602,7 +594,7 @@ class CorrectionWidget(QWidget):
         worker.returned.connect(lambda outcome: self._show_stored(image_layer, outcome[1]) if outcome[0] == "ok"
                                 else self._message(f"Could not load the stored corrections: {outcome[1]}", "error",
                                                    toast=True))
-        self._load_worker = worker
+        self._load_worker = worker  # keep a reference while it runs
         self._message("Loading stored corrections…", "info")
         worker.start()
         return True

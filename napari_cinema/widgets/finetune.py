@@ -130,7 +130,6 @@ class FinetuneWidget(QWidget):
     """Fine-tune a segmentation model on the correction store (see the module docstring)."""
 
     run_finished = Signal(str)  # 'done' | 'stopped' | 'error'
-    model_registered = Signal(str)
 
     def __init__(self, napari_viewer, parent=None):
         super().__init__(parent)
@@ -621,7 +620,6 @@ class FinetuneWidget(QWidget):
             self._message(f"Fine-tuning finished: model '{mid}' is registered and can be chosen in the Cine "
                           "analysis dock.", "ok", toast=True)
             if mid:
-                self.model_registered.emit(mid)
                 MODEL_EVENTS.registered.emit(mid)
         elif code == STOPPED_EXIT:
             self.resumable = self.run_dir
