@@ -253,12 +253,6 @@ def _store_entries(root: Path, notes: list[str]) -> list[Any]:
         raise FinetuneError(f"correction store {root}: cannot read it ({exc.strerror or exc})") from None
 
 
-def _default_store_root() -> Path:
-    from napari_cinema.annotations.store import default_store_root
-
-    return Path(default_store_root())
-
-
 def holdout(keys: Sequence[str], fraction: float) -> tuple[list[str], list[str]]:
     """(train, val) keys: the ``round(fraction * n)`` keys (at least 1, at most n - 1) with the smallest
     SHA-256 go to validation. Stable per key: adding studies never moves an old one to the other side
@@ -396,8 +390,10 @@ def plan_finetune(req: FinetuneRequest) -> FinetunePlan:
     # corrections
     datasets = [Path(os.path.expanduser(str(d))) for d in (req.datasets or [])]
     explicit_store = req.store is not None and str(req.store) != ""
+    from napari_cinema.annotations.store import default_store_root
+
     # the default store is only read when it exists; a missing one is fine when datasets are given
-    root = Path(os.path.expanduser(str(req.store))) if explicit_store else _default_store_root()
+    root = Path(os.path.expanduser(str(req.store))) if explicit_store else default_store_root()
     entries: list[Any] = []
     if root.is_dir():
         entries = _store_entries(root, warnings_)
