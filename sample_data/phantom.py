@@ -817,23 +817,6 @@ def make_phantom(view: str = "sax", config: PhantomConfig | None = None, **overr
     return study, truth
 
 
-def _write_image_nifti(path: Path, study: CineStudy) -> None:
-    import nibabel as nib
-
-    from napari_cinema.io.writers import atomic_path
-
-    data = np.ascontiguousarray(np.transpose(study.image, (3, 2, 1, 0)))  # (x, y, z, t)
-    img = nib.Nifti1Image(data, study.affine)
-    img.set_qform(study.affine, code=1)
-    img.set_sform(study.affine, code=1)
-    dt, dz, dy, dx = study.spacing
-    img.header.set_xyzt_units("mm", "msec")
-    img.header.set_zooms((dx, dy, dz, float(dt)))  # pixdim[4] = frame interval in ms
-    img.header["descrip"] = study.description[:79].encode("ascii", "replace")
-    with atomic_path(path) as tmp:
-        nib.save(img, str(tmp))
-
-
 def write_phantom(out_dir: str | Path, view: str = "sax", fmt: str = "nifti", **overrides: Any) -> Path:
     """Write a phantom study, its labels and ``truth.json`` into ``out_dir``.
 
@@ -843,7 +826,7 @@ def write_phantom(out_dir: str | Path, view: str = "sax", fmt: str = "nifti", **
     """
     if fmt not in ("nifti", "dicom"):
         raise ValueError(f"fmt must be 'nifti' or 'dicom', got {fmt!r}")
-    from napari_cinema.io.writers import atomic_dir, atomic_write_text, write_labels_nifti
+    from napari_cinema.io.writers import atomic_dir, atomic_write_text, write_image_nifti, write_labels_nifti
 
     study, truth = make_phantom(view, **overrides)
     out = Path(out_dir)
@@ -853,7 +836,7 @@ def write_phantom(out_dir: str | Path, view: str = "sax", fmt: str = "nifti", **
     write_labels_nifti(out / f"{name}_gt.nii.gz", study.labels, study.affine, frame_interval_ms=dt)
     if fmt == "nifti":
         target = out / f"{name}.nii.gz"
-        _write_image_nifti(target, study)
+        write_image_nifti(target, study)
     else:
         from pydicom.uid import generate_uid
 

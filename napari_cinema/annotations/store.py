@@ -57,7 +57,7 @@ import numpy as np
 
 from napari_cinema.io.labels import LABEL_NAMES
 from napari_cinema.io.study import CineLoadError, CineStudy, DicomRefs, PatientInfo
-from napari_cinema.io.writers import atomic_path, atomic_write_text, write_labels_nifti
+from napari_cinema.io.writers import atomic_write_text, write_image_nifti, write_labels_nifti
 
 __all__ = [
     "CorrectionStore",
@@ -411,20 +411,6 @@ def _locked(path: Path, key: str) -> Iterator[None]:
         f.close()  # closing releases the lock
 
 
-def _write_image_nifti(path: Path, study: CineStudy) -> None:
-    """The cine as NIfTI (x, y, z, t) float32 with its affine and frame interval, atomically."""
-    data = np.ascontiguousarray(np.transpose(study.image, (3, 2, 1, 0)), dtype=np.float32)
-    img = nib.Nifti1Image(data, study.affine)
-    img.set_qform(study.affine, code=1)
-    img.set_sform(study.affine, code=1)
-    dt, dz, dy, dx = study.spacing
-    img.header.set_xyzt_units("mm", "msec" if dt else "unknown")  # unknown timing stays unknown on read
-    img.header.set_zooms((dx, dy, dz, float(dt) if dt else 1.0))
-    img.header["descrip"] = (study.description or "")[:79].encode("ascii", "replace")
-    with atomic_path(path) as tmp:
-        nib.save(img, str(tmp))
-
-
 def _study_header(study: CineStudy, key: str, digest: str) -> dict[str, Any]:
     d = study.dicom
     return {
@@ -740,7 +726,7 @@ class CorrectionStore:
                 raise StoreError(f"{image_path}: holds a {tzyx} cine, the study {study.shape} (t, z, y, x) "
                                  f"is a different one under the same key {key}")
         else:
-            _write_image_nifti(image_path, study)
+            write_image_nifti(image_path, study)
 
     def save(self, study: CineStudy, original: Any, final: Any, *, model_id: str, model_sha256: str | None,
              edited_frames: Iterable[int] | None, user: str | None = None, autosave: bool = False,

@@ -81,6 +81,22 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
     return Path(path)
 
 
+def write_image_nifti(path: str | Path, study) -> Path:
+    """A CineStudy's cine as NIfTI (x, y, z, t) float32 with its affine (qform and sform) and frame
+    interval in pixdim[4] (ms; unknown timing stays unknown on read), written atomically."""
+    data = np.ascontiguousarray(np.transpose(study.image, (3, 2, 1, 0)), dtype=np.float32)
+    img = nib.Nifti1Image(data, study.affine)
+    img.set_qform(study.affine, code=1)
+    img.set_sform(study.affine, code=1)
+    dt, dz, dy, dx = study.spacing
+    img.header.set_xyzt_units("mm", "msec" if dt else "unknown")
+    img.header.set_zooms((dx, dy, dz, float(dt) if dt else 1.0))
+    img.header["descrip"] = (study.description or "")[:79].encode("ascii", "replace")
+    with atomic_path(path) as tmp:
+        nib.save(img, str(tmp))
+    return Path(path)
+
+
 def write_labels_nifti(path: str | Path, labels_tzyx: np.ndarray, affine: np.ndarray,
                        frame_interval_ms: float | None = None, convention: str = "cinema") -> Path:
     """Write (t, z, y, x) labels as a NIfTI (x, y, z, t) uint8 file in ``convention``."""
