@@ -414,3 +414,18 @@ def test_acdc_reference_volumes(shared_data):
             worst[ours] = max(worst.get(ours, 0.0), err)
             assert err < 0.005, (row["patient"], ours, d[ours], row[theirs])
     print("ACDC worst relative error:", {k: f"{100 * v:.2f}%" for k, v in worst.items()})
+
+
+@pytest.mark.parametrize("view", ["lax_4c", "lax_2c"])
+def test_landmarks_derived_from_phantom_labels_match_its_truth(view):
+    from napari_cinema.analysis.landmarks import landmarks_from_labels
+    from napari_cinema.sample_data import phantom
+
+    study, truth = phantom.make_phantom(view, frames=10)
+    mm = np.asarray(study.spacing[2:])
+    for t in range(study.n_frames):
+        found = landmarks_from_labels(study.labels[t, 0], view, tuple(mm))
+        for name, yx in found.items():
+            err = np.linalg.norm((yx - np.asarray(truth["landmarks"][name][t])[1:]) * mm)
+            assert err < 3.0, (t, name, err)
+    assert landmarks_from_labels(np.zeros((8, 8), np.uint8), view) is None

@@ -143,3 +143,28 @@ def test_sunnybrook_scores_only_what_is_contoured(shared_data: Path, tmp_path: P
     assert res["dice"]["LV"] == 1.0 and res["dice"]["MYO"] == 1.0
     assert res["dice"]["RV"] is None and "dice.RV" in res["notes"]
     assert res["LVEF_mae_pct"] == 0.0
+
+
+def test_landmark_model_is_scored_against_landmarks_derived_from_labels(tmp_path: Path, capsys) -> None:
+    """A LAX pair without landmark files: the reference comes from its LV cavity and myocardium labels."""
+    from napari_cinema.model.checkpoint import save_checkpoint
+    from napari_cinema.model.factory import build_model
+    from napari_cinema.sample_data.phantom import write_phantom
+
+    pairs = tmp_path / "lax"
+    write_phantom(pairs, view="lax_4c", seed=3, frames=4, matrix=64, pixel_mm=3.0, supersample=1)
+    cfg = {"task": "landmark_heatmap",
+           "data": {"lax": {"patch_size": [32, 32], "spacing": [3.0, 3.0], "in_chans": 1},
+                    "landmark_names": ["mv_1", "mv_2", "apex"]},
+           "model": {"name": "convunetr", "views": "lax_4c", "out_chans": 3,
+                     "convunetr": {"size": "tiny", "enc_conv_chans": [8, 8], "enc_conv_n_blocks": 1,
+                                   "dec_chans": [8, 8, 8, 16, 16], "dec_n_blocks": 1}}}
+    torch.manual_seed(0)
+    save_checkpoint(build_model(cfg), tmp_path / "lm" / "model.safetensors", config=cfg)
+    res = evaluate(pairs, model=str(tmp_path / "lm"), device="cpu")
+    assert res["task"] == "landmark_heatmap" and res["n_cases"] == 1
+    assert set(res["landmark_error_mm"]) == {"mv_1", "mv_2", "apex", "mean"}
+    assert all(np.isfinite(v) and v >= 0 for v in res["landmark_error_mm"].values())
+    assert "derived from the expert" in res["notes"]["landmark_error_mm"]
+    frame = res["per_case"][0]["frames"][0]
+    assert set(frame["reference_yx"]) == {"mv_1", "mv_2", "apex"}

@@ -127,8 +127,10 @@ _LAYOUT_CONVENTION = {"acdc": "acdc", "mnms": "mnms", "mnms2": "mnms2", "store":
                       "pairs": "cinema"}
 
 
-def load_dataset(path: str | Path, labels: str | None = None, split: str = "all") -> tuple[str, list[CaseRecord]]:
-    """(layout, records) of a labelled dataset; ``labels`` overrides the ground-truth label convention."""
+def load_dataset(path: str | Path, labels: str | None = None, split: str = "all",
+                 view: str = "sax") -> tuple[str, list[CaseRecord]]:
+    """(layout, records) of a labelled dataset; ``labels`` overrides the ground-truth label convention;
+    ``view`` picks the view of a dataset holding several (M&Ms-2: 'sax' or 'lax_4c')."""
     path = Path(path)
     layout = detect_layout(path)
     if labels is not None and labels not in CONVENTIONS:
@@ -141,7 +143,7 @@ def load_dataset(path: str | Path, labels: str | None = None, split: str = "all"
         elif layout == "acdc":
             records = load_source({"type": "acdc", "root": str(path), "split": split})
         elif layout == "mnms2":
-            records = load_source({"type": "mnms2", "root": str(path), "views": ["sax"]})
+            records = load_source({"type": "mnms2", "root": str(path), "views": [view]})
         elif layout == "csv":
             raise EvaluationError(f"{path}: a CSV of targets needs a classification/regression model; "
                                   "evaluate reads labelled image datasets")
@@ -332,12 +334,18 @@ def evaluate(dataset: str | Path, *, model: str | None = None, labels: str | Non
     for their view.
     """
     t0 = time.perf_counter()
-    layout, records = load_dataset(dataset, labels, split)
+    loaded = None
+    if predict is None and model is not None:
+        try:
+            loaded = load_eval_model(model, "cpu")
+        except (ValueError, OSError) as exc:
+            raise EvaluationError(f"--model {model}: {exc}") from None
+    view = "lax_4c" if loaded is not None and "lax_4c" in tuple(loaded.views) else "sax"
+    layout, records = load_dataset(dataset, labels, split, view=view)
     records = [r for r in records if r.labels is not None and r.labelled_frames]
     if not records:
         raise EvaluationError(f"{dataset}: no labelled cases")
     model_info: dict[str, Any] = {}
-    loaded = None
     task = "segmentation"
     if predict is None:
         if model is None and layout == "store" and all("original_labels" in r.targets for r in records):
@@ -359,10 +367,11 @@ def evaluate(dataset: str | Path, *, model: str | None = None, labels: str | Non
                 model = find_default("segmentation", view)
                 if model is None:
                     raise EvaluationError(f"no segmentation model for {view} is available; pass --model ID")
-            try:
-                loaded = load_eval_model(model, "cpu")
-            except (ValueError, OSError) as exc:
-                raise EvaluationError(f"--model {model}: {exc}") from None
+            if loaded is None:
+                try:
+                    loaded = load_eval_model(model, "cpu")
+                except (ValueError, OSError) as exc:
+                    raise EvaluationError(f"--model {model}: {exc}") from None
             task = loaded.task
             model_info = loaded.provenance()
             if task == "segmentation":
@@ -382,6 +391,9 @@ def evaluate(dataset: str | Path, *, model: str | None = None, labels: str | Non
     result["accuracy"], result["auroc"] = None, None
     if loaded is not None and task.startswith(("classification", "regression")):
         rows = _evaluate_pair_model(loaded, records, device, result)
+    elif loaded is not None and task.startswith("landmark"):
+        rows = _evaluate_landmark_model(loaded, records, device, result)
+        result["notes"]["accuracy"] = result["notes"]["auroc"] = "not a classification model"
     else:
         result["notes"]["accuracy"] = "not a classification model"
         result["notes"]["auroc"] = "not a classification model"
@@ -403,7 +415,23 @@ def _evaluate_pair_model(loaded, records: Sequence[CaseRecord], device: str, res
 
     from .tasks import auroc
 
-    result["notes"]["centring"] = "pair models are cropped around the centroid of the expert ED labels"
+    from napari_cinema.engine import run_segmentation
+    from napari_cinema.model.registry import find_default
+
+    # centred as in the app: on the default segmentation model's ED/ES labels (never the expert's)
+    seg_id = find_default("segmentation", records[0].view) if records else None
+    seg_model = load_eval_model(seg_id, "cpu") if seg_id else None
+    result["notes"]["centring"] = (f"on the {seg_id} segmentation of the ED and ES frames, as in the app"
+                                   if seg_model is not None else
+                                   "no segmentation model available: centroid of the expert ED labels")
+
+    def centring(rec: CaseRecord) -> dict[str, Any]:
+        if seg_model is None:
+            return {"centre_zyx": _heart_centre(rec)}
+        seg = run_segmentation(_study(rec), seg_model, device=device, view=rec.view,
+                               frames=[rec.ed_frame, rec.es_frame])
+        return {"segmentation": seg.labels}
+
 
     rows = []
     if loaded.task.startswith("classification"):
@@ -414,7 +442,7 @@ def _evaluate_pair_model(loaded, records: Sequence[CaseRecord], device: str, res
             if rec.ed_frame is None or rec.es_frame is None:
                 continue
             res = run_classification(_study(rec), loaded, device=device, ed_frame=rec.ed_frame,
-                                     es_frame=rec.es_frame, view=rec.view, centre_zyx=_heart_centre(rec))
+                                     es_frame=rec.es_frame, view=rec.view, **centring(rec))
             row = {"case": rec.case_id, "predicted": res.predicted, "probabilities": res.as_dict()}
             if rec.targets.get(col) in classes:
                 row["true"] = rec.targets[col]
@@ -436,7 +464,7 @@ def _evaluate_pair_model(loaded, records: Sequence[CaseRecord], device: str, res
             if rec.ed_frame is None or rec.es_frame is None:
                 continue
             res = run_regression(_study(rec), loaded, device=device, ed_frame=rec.ed_frame, es_frame=rec.es_frame,
-                                 view=rec.view, centre_zyx=_heart_centre(rec))
+                                 view=rec.view, **centring(rec))
             row = {"case": rec.case_id, "predicted": float(res.value)}
             true = rec.targets.get(target)
             if true is not None:
@@ -447,6 +475,44 @@ def _evaluate_pair_model(loaded, records: Sequence[CaseRecord], device: str, res
         if target == "ef":
             result["LVEF_mae_pct"] = result[f"{target}_mae"]
         result["n_cases"] = len(rows)
+    return rows
+
+
+def _evaluate_landmark_model(loaded, records: Sequence[CaseRecord], device: str, result: dict[str, Any]) -> list[dict]:
+    """Landmark error (mm) per landmark on the labelled frames: against the record's own landmarks
+    (phantoms) or, for expert-labelled LAX frames, the hinges and apex derived from the LV cavity and
+    myocardium labels (:func:`~napari_cinema.analysis.landmarks.landmarks_from_labels`)."""
+    from napari_cinema.analysis.landmarks import landmarks_from_labels
+    from napari_cinema.engine import run_landmarks
+
+    rows, errors = [], {}
+    derived = False
+    for rec in records:
+        res = run_landmarks(_study(rec), loaded, device=device, view=rec.view)
+        mm = np.asarray(rec.spacing[-2:], dtype=float)
+        frames = []
+        for t in rec.labelled_frames:
+            if rec.landmarks:
+                truth = {n: np.asarray(rec.landmarks[n][t], float)[1:] for n in res.names if n in rec.landmarks}
+            else:
+                truth = landmarks_from_labels(rec.labels[t, 0], rec.view, tuple(mm)) or {}
+                derived = True
+            err = {n: float(np.linalg.norm((res.voxels[t, k, 1:] - truth[n]) * mm))
+                   for k, n in enumerate(res.names) if n in truth}
+            for n, e in err.items():
+                errors.setdefault(n, []).append(e)
+            frames.append({"frame": int(t), "error_mm": err,
+                           "predicted_yx": {n: [float(v) for v in res.voxels[t, k, 1:]] for k, n in enumerate(res.names)},
+                           "reference_yx": {n: [float(v) for v in p] for n, p in truth.items()}})
+        rows.append({"case": rec.case_id, "source": rec.source, "frames": frames})
+    result["landmark_error_mm"] = {n: float(np.mean(v)) for n, v in errors.items()}
+    if errors:
+        result["landmark_error_mm"]["mean"] = float(np.mean([e for v in errors.values() for e in v]))
+    if derived:
+        result["notes"]["landmark_error_mm"] = ("reference landmarks derived from the expert LV cavity and "
+                                                "myocardium labels (ends of the uncovered cavity border; wall tip "
+                                                "on the long axis), not placed by an expert")
+    result["n_cases"] = len(rows)
     return rows
 
 

@@ -102,3 +102,58 @@ def mapse(study, landmarks: Mapping[str, Any], ed_frame: int | None, es_frame: i
         "length_mm": clean(length),
     }
     return out
+
+
+def landmarks_from_labels(labels_yx: np.ndarray, view: str = "lax_4c", spacing_yx: tuple[float, float] = (1.0, 1.0),
+                          lv: int = 3, myo: int = 2) -> dict[str, np.ndarray] | None:
+    """Mitral hinges and apex of one long-axis frame, derived from its LV cavity and myocardium labels.
+
+    The hinges are the two ends of the cavity border that no myocardium covers (the mitral opening:
+    where the AV plane meets the endocardium); the apex is the tip of the LV wall on the long axis
+    from their midpoint (the epicardial apex), as the phantom defines them (within ~2 mm there). Names follow
+    :data:`LANDMARK_NAMES`, ordered so that mv_1 -> mv_2 -> apex turns counter-clockwise on screen in
+    4C and clockwise in 2C. Returns ``{name: (y, x)}`` in pixels, or None when the labels have no
+    cavity or no open border (e.g. a frame without the valve).
+    """
+    from scipy import ndimage
+
+    lab = np.asarray(labels_yx)
+    cavity = lab == lv
+    if not cavity.any():
+        return None
+    comps, n = ndimage.label(cavity)
+    if n > 1:
+        cavity = comps == 1 + int(np.argmax(ndimage.sum(cavity, comps, range(1, n + 1))))
+    wall = lab == myo
+    outside = ~(cavity | wall)
+    # cavity pixels with a 4-neighbour that is neither cavity nor wall: the open (valve) border
+    open_border = cavity & ndimage.binary_dilation(outside, structure=ndimage.generate_binary_structure(2, 1))
+    if open_border.sum() < 2:
+        return None
+    # the opening's largest stretch, bridging breaks of a few pixels (a stray wall pixel on the valve)
+    comps, n = ndimage.label(ndimage.binary_dilation(open_border, iterations=3))
+    if n > 1:
+        open_border &= comps == 1 + int(np.argmax(ndimage.sum(open_border, comps, range(1, n + 1))))
+    scale = np.asarray(spacing_yx, dtype=float)
+    pts = np.argwhere(open_border).astype(float)
+    mm = pts * scale
+    centre = mm.mean(axis=0)
+    _, _, vt = np.linalg.svd(mm - centre, full_matrices=False)
+    along = (mm - centre) @ vt[0]
+    hinges = [pts[int(np.argmin(along))], pts[int(np.argmax(along))]]
+    heart = np.argwhere(cavity | (wall & ndimage.binary_dilation(cavity, iterations=8))).astype(float) * scale
+    mid = (hinges[0] + hinges[1]) / 2 * scale
+    # the long axis: from the valve midpoint to the far end of the LV (the points within 3 mm of the
+    # farthest; the valve plane may be tilted); the apex is the wall's tip on that axis
+    dist = np.linalg.norm(heart - mid, axis=1)
+    axis = heart[dist >= dist.max() - 3.0].mean(axis=0) - mid
+    axis /= np.linalg.norm(axis)
+    depth = (heart - mid) @ axis
+    tip = heart[depth >= depth.max() - 1.5]  # the last 1.5 mm of the wall along the axis
+    off_axis = np.abs((tip - mid) @ np.array([-axis[1], axis[0]]))
+    apex = tip[int(np.argmin(off_axis))] / scale
+    (y1, x1), (y2, x2), (y3, x3) = hinges[0], hinges[1], apex
+    clockwise = (x2 - x1) * (y3 - y1) - (y2 - y1) * (x3 - x1) > 0  # rows grow downwards
+    if clockwise != (view == "lax_2c"):
+        hinges = hinges[::-1]
+    return {"mv_1": hinges[0], "mv_2": hinges[1], "apex": apex}
