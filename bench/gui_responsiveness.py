@@ -377,7 +377,7 @@ def main() -> None:
     ref_turn = max(probe.windows["napari add_labels"], key=lambda w: w[1] - w[0], default=None)
     slider, _p99, _over, _n = baseline.summary("napari time slider")
 
-    print(f"\nmain-thread costs at the first layer creation (ms, self time, all turns until the curves are "
+    print("\nmain-thread costs at the first layer creation (ms, self time, all turns until the curves are "
           "redrawn): " + ", ".join(f"{label} {ms:.0f}" for label, ms in tracer.totals(creation_windows)[:10]))
     print(f"references: napari's time slider before the docks were opened (no napari-cinema code) {slider:.1f} ms "
           f"per frame at most; one viewer.add_labels call for a same-size layer (napari's work in one turn, as "

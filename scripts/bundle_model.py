@@ -16,6 +16,9 @@ import shutil
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+# what an evaluate JSON may carry, by task: segmentation, then classification, then regression
+EVALUATION_KEYS = ("dice", "hd95_mm", "LVEF_mae_pct", "LVEDV_mae_ml", "LVESV_mae_ml", "accuracy", "auroc",
+                   "ef_mae", "landmark_error_mm", "notes")
 
 
 def main() -> int:
@@ -26,6 +29,8 @@ def main() -> int:
                    help="an evaluate JSON to add to the card, with its label and the command that made it")
     p.add_argument("--note", help="status note (e.g. below target) shown in the card and the description")
     p.add_argument("--description", help="replace the card's one-line description")
+    p.add_argument("--caveat", help="one line the analysis dock shows beside the model (e.g. what it was "
+                                    "validated on when labels are scarce)")
     args = p.parse_args()
 
     from napari_cinema.model.checkpoint import sha256_file
@@ -39,11 +44,13 @@ def main() -> int:
     for spec in args.eval:
         label, path, command = spec.split("=", 2)
         r = json.loads(Path(path).read_text())
-        card["evaluations"].append({"data": label, "n_cases": r["n_cases"], "dice": r["dice"], "hd95_mm": r["hd95_mm"],
-                                    "LVEF_mae_pct": r.get("LVEF_mae_pct"), "LVEDV_mae_ml": r.get("LVEDV_mae_ml"),
-                                    "LVESV_mae_ml": r.get("LVESV_mae_ml"), "command": command})
+        entry = {"data": label, "n_cases": r["n_cases"], "command": command}
+        entry.update({k: r[k] for k in EVALUATION_KEYS if r.get(k) is not None})
+        card["evaluations"].append(entry)
     if args.note:
         card["status_note"] = args.note
+    if args.caveat:
+        card["caveat"] = args.caveat
     out = REPO / "napari_cinema" / "models" / args.id
     out.mkdir(parents=True, exist_ok=True)
     for name in ("model.safetensors", "config.yaml"):

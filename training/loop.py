@@ -1145,16 +1145,30 @@ def _card_md(card: Mapping[str, Any]) -> str:
         for k, v in val.items():
             lines.append(f"| {k} | {fmt(v)} |")
     evaluations = card.get("evaluations") or []
-    if evaluations:
+    segmentation = [e for e in evaluations if e.get("dice")]
+    if segmentation:
         lines += ["", "## End to end (`napari-cinema evaluate`: label-free centring, as in the app)", "",
                   "| data | cases | Dice LV | Dice MYO | Dice RV | Dice mean | HD95 mean mm | LVEF MAE |",
                   "|---|---|---|---|---|---|---|---|"]
-        for e in evaluations:
+        for e in segmentation:
             d, h = e.get("dice") or {}, e.get("hd95_mm") or {}
             lines.append(f"| {e.get('data')} | {e.get('n_cases')} | {fmt(d.get('LV'))} | {fmt(d.get('MYO'))} | "
                          f"{fmt(d.get('RV'))} | {fmt(d.get('mean'))} | {fmt(h.get('mean'))} | "
                          f"{fmt(e.get('LVEF_mae_pct'))} |")
+    others = [e for e in evaluations if not e.get("dice")]
+    if others:
+        lines += ["", "## End to end (`napari-cinema evaluate`)", "",
+                  "| data | cases | accuracy | AUROC | EF MAE (points) |", "|---|---|---|---|---|"]
+        for e in others:
+            lines.append(f"| {e.get('data')} | {e.get('n_cases')} | {fmt(e.get('accuracy'))} | "
+                         f"{fmt(e.get('auroc'))} | {fmt(e.get('LVEF_mae_pct'))} |")
+        notes = {k: v for e in others for k, v in (e.get("notes") or {}).items() if k == "centring"}
+        if notes:
+            lines += ["", f"Centring: {notes['centring']}."]
+    if evaluations:
         lines += ["", "Reproduce: " + "; ".join(f"`{e['command']}`" for e in evaluations if e.get("command"))]
+    if card.get("caveat"):
+        lines += ["", f"**Caveat (shown in the app):** {card['caveat']}"]
     if card.get("status_note"):
         lines += ["", str(card["status_note"])]
     for w in card.get("warnings") or []:

@@ -11,6 +11,8 @@ changes no layer.
 
 from __future__ import annotations
 
+import html
+
 import threading
 from typing import Any
 
@@ -230,6 +232,7 @@ class AnalysisWidget(QWidget):
         self.model_combo.currentIndexChanged.connect(self._show_model_info)
         for combo in (self.landmark_combo, self.classification_combo, self.regression_combo):
             combo.currentIndexChanged.connect(self._title_extras)
+            combo.currentIndexChanged.connect(self._show_model_info)
         self.device_combo.currentIndexChanged.connect(self._show_device)
         self.refresh_button.clicked.connect(self.refresh_models)
         self.run_button.clicked.connect(lambda: self.run())
@@ -439,7 +442,8 @@ class AnalysisWidget(QWidget):
                 combo.addItem(f"no segmentation model for {view}", None)
             for info in infos:
                 combo.addItem(self._item_text(info), info.id)
-                combo.setItemData(combo.count() - 1, info.description or info.id, Qt.ItemDataRole.ToolTipRole)
+                tip = "\n".join(t for t in (info.description or info.id, info.card.get("caveat")) if t)
+                combo.setItemData(combo.count() - 1, tip, Qt.ItemDataRole.ToolTipRole)
             index = combo.findData(previous) if previous is not None else -1
             if index < 0:
                 if role in ("segmentation", "landmarks"):
@@ -498,6 +502,11 @@ class AnalysisWidget(QWidget):
                 notes.append("hub offline: cannot download" if self._offline else "Run downloads it first")
             note = " · ".join(notes)
             text = line + (f"<br><span style='color:{WARN}'>{note}</span>" if note else "")
+            # what each chosen model was (not) validated on, from its card: scarce labels said plainly
+            caveats = [f"{c.id}: {c.card['caveat']}" for c in (self._info(self.model_id(r)) for r in ROLE_TASKS)
+                       if c is not None and c.card.get("caveat")]
+            if caveats:
+                text += "".join(f"<br><span style='color:{WARN}'>⚠ {html.escape(c)}</span>" for c in caveats)
             self.model_info.setText(text)
             tip = [f"{info.id}", f"task: {info.task.replace('_', ' ')}; views: {', '.join(info.views)}",
                    f"trained on: {info.training_data or 'unknown'}; source: {where}"]
