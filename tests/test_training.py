@@ -186,6 +186,24 @@ def test_batch_sampler_is_deterministic_sharded_and_resumable() -> None:
     assert list(s) == b0[2:]
 
 
+def test_resampled_epochs_of_several_views_keep_one_length() -> None:
+    """Resampling to samples_per_epoch splits items between views differently each epoch; the number of
+    batches must not change (the loop ran out of batches mid-epoch in an MAE run over three views)."""
+    groups = ["sax"] * 40 + ["lax_2c"] * 31 + ["lax_4c"] * 29
+    for world_size in (1, 2):
+        samplers = [EpochBatchSampler(groups, 8, seed=0, samples_per_epoch=70, rank=r, world_size=world_size)
+                    for r in range(world_size)]
+        n = len(samplers[0])
+        raw = {len(samplers[0]._group_batches(e, np.random.default_rng([0, e, 20240601]))) for e in range(40)}
+        assert len(raw) > 1  # the uncorrected counts do vary between epochs
+        for epoch in range(40):
+            for s in samplers:
+                s.set_epoch(epoch)
+                batches = list(s)
+                assert len(batches) == len(s) == n, (world_size, epoch)
+                assert all(len({groups[i] for i, _ in b}) == 1 for b in batches)
+
+
 def test_partial_dice_ce_ignores_unlabelled_classes() -> None:
     from monai.losses import DiceCELoss
 

@@ -94,7 +94,8 @@ class EpochBatchSampler:
 
     The order of epoch ``e`` depends only on (seed, e): items are permuted (or resampled to
     ``samples_per_epoch``), grouped by view (a batch holds one view), cut into batches, the batches
-    shuffled, padded to a multiple of ``world_size`` and dealt out ``rank::world_size`` (as
+    shuffled, cut or topped up (repeats) to epoch 0's count rounded up to a multiple of ``world_size``
+    (so every epoch has the same number of steps) and dealt out ``rank::world_size`` (as
     DistributedSampler does). Each element is ``(item, sample_seed)``: augmentation draws from that
     seed only. ``start_batch`` skips the batches a resumed run already consumed.
     """
@@ -110,12 +111,34 @@ class EpochBatchSampler:
         self.shuffle = shuffle
         self.epoch = 0
         self.start_batch = 0
+        self._n_batches: int | None = None
 
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
         self.epoch = int(epoch)
         self.start_batch = int(start_batch)
 
+    def _batches_per_epoch(self) -> int:
+        # Views are batched apart, so an epoch's batch count depends on how the resampled items fall
+        # into views; every epoch is cut to epoch 0's count (the loop's steps per epoch, the LR schedule
+        # and --resume all rely on it), rounded up to a multiple of world_size.
+        if self._n_batches is None:
+            n = len(self._group_batches(0, np.random.default_rng([self.seed, 0, 20240601])))
+            self._n_batches = n + (-n) % self.world_size
+        return self._n_batches
+
     def epoch_batches(self, epoch: int) -> list[list[tuple[int, int]]]:
+        rng = np.random.default_rng([self.seed, int(epoch), 20240601])
+        batches = self._group_batches(epoch, rng)
+        want = self._batches_per_epoch()
+        if len(batches) > want:
+            batches = batches[:want]
+        elif len(batches) < want:  # top up with repeats of this epoch's batches (same items, same seeds)
+            batches = batches + [batches[int(i)] for i in rng.integers(0, len(batches), want - len(batches))]
+        if self.world_size > 1 and batches:
+            batches = batches[self.rank::self.world_size]
+        return batches
+
+    def _group_batches(self, epoch: int, rng: np.random.Generator) -> list[list[tuple[int, int]]]:
         n = len(self.groups)
         rng = np.random.default_rng([self.seed, int(epoch), 20240601])
         if self.samples_per_epoch:
@@ -135,10 +158,6 @@ class EpochBatchSampler:
         if self.shuffle and len(batches) > 1:
             perm = rng.permutation(len(batches))
             batches = [batches[int(p)] for p in perm]
-        if self.world_size > 1 and batches:
-            pad = (-len(batches)) % self.world_size
-            batches = batches + batches[:pad]
-            batches = batches[self.rank::self.world_size]
         return batches
 
     def __len__(self) -> int:
