@@ -7,7 +7,9 @@ the review workflow with the two napari-cinema docks at 1280 x 800:
 - workflow_phantom_sax.png: the short-axis phantom, 'Cine analysis' (model, device) and 'Cardiac
   function' (volume curves, ED/ES, measures);
 - workflow_phantom_lax_4c.png: the 4-chamber phantom with its landmarks (MAPSE curve);
-- workflow_acdc.png: an ACDC patient with its expert labels (when ../shared/data is present);
+- workflow_acdc.png: an ACDC patient segmented, with the disease and EF models (when ../shared/data
+  is present);
+- workflow_mnms2_lax_4c.png: the real M&Ms-2 4-chamber cine, segmented, with landmarks (when present);
 - workflow_sunnybrook.png: a Sunnybrook DICOM cine in the analysis dock (when present).
 
 and the correction workflow (``--only corrections``; a temporary NAPARI_CINEMA_HOME, so the user's
@@ -80,6 +82,16 @@ def plain_screenshots(viewer: napari.Viewer, out: Path) -> None:
     viewer.reset_view()
     capture(viewer, out / "phantom_lax_4c.png")
 
+    mnms2_lax = SHARED / "mnms2" / "001" / "001_LA_CINE.nii.gz"
+    if mnms2_lax.is_file():
+        flow.reset()
+        layers = viewer.open(str(mnms2_lax), plugin="napari-cinema")
+        what = flow.segment_or_truth(layers[0], None, "")
+        show_frame(viewer, t=8)
+        viewer.reset_view()
+        capture(viewer, out / "workflow_mnms2_lax_4c.png")
+        print(f"  M&Ms-2 001 4-chamber cine: {what}")
+
     sunnybrook = SHARED / "sunnybrook" / "SCD0000101" / "dicom"
     if sunnybrook.is_dir():
         viewer.layers.clear()
@@ -128,19 +140,23 @@ class Workflow:
         overlay.position = "top_left"
         overlay.visible = True
 
-    def segment_or_truth(self, image, truth_labels, what: str) -> str:
-        """Run the registry's default model on ``image`` when there is one; else analyse the truth labels."""
-        done = self._segment_or_truth(image, truth_labels, what)
+    def segment_or_truth(self, image, truth_labels, what: str, extras: bool = False) -> str:
+        """Run the registry's default model on ``image`` when there is one; else analyse the truth labels.
+        ``extras``: also the default disease-classification and EF-regression models of the view."""
+        done = self._segment_or_truth(image, truth_labels, what, extras)
         self.arrange()
         return done
 
-    def _segment_or_truth(self, image, truth_labels, what: str) -> str:
+    def _segment_or_truth(self, image, truth_labels, what: str, extras: bool) -> str:
         self.analysis.set_image_layer(image)
         _settle()
         view = self.analysis.view()
         default = api.default_model_id(api.SEGMENTATION_TASKS, view)
         if default is not None:
             self.analysis.set_model(default)
+            for role, tasks in (("classification", api.CLASSIFICATION_TASKS), ("regression", api.EF_TASKS)):
+                if extras:
+                    self.analysis.set_model(api.default_model_id(tasks, view), role)
             self.analysis.run()
             _wait(lambda: not self.analysis.running)
             if self.analysis.labels_layer is not None:
@@ -204,12 +220,22 @@ def workflow_screenshots(viewer: napari.Viewer, out: Path) -> None:
         layers = viewer.open(str(acdc), plugin="napari-cinema")
         image = layers[0]
         truth = layers[1] if len(layers) > 1 else None
-        what = flow.segment_or_truth(image, truth, "ACDC expert")
+        what = flow.segment_or_truth(image, truth, "ACDC expert", extras=True)
         show_frame(viewer, t=0, z=5)
         viewer.layers.selection.active = image
         viewer.reset_view()
         capture(viewer, out / "workflow_acdc.png")
         print(f"  ACDC patient001: {what}")
+
+    mnms2_lax = SHARED / "mnms2" / "001" / "001_LA_CINE.nii.gz"
+    if mnms2_lax.is_file():
+        flow.reset()
+        layers = viewer.open(str(mnms2_lax), plugin="napari-cinema")
+        what = flow.segment_or_truth(layers[0], None, "")
+        show_frame(viewer, t=8)
+        viewer.reset_view()
+        capture(viewer, out / "workflow_mnms2_lax_4c.png")
+        print(f"  M&Ms-2 001 4-chamber cine: {what}")
 
     sunnybrook = SHARED / "sunnybrook" / "SCD0000101" / "dicom"
     if sunnybrook.is_dir():
