@@ -1090,7 +1090,8 @@ ACDC_CITATION = ("O. Bernard, A. Lalande, C. Zotti, F. Cervenansky, et al. \"Dee
 def licence_for(source_types: set[str]) -> tuple[str, str, list[str]]:
     """(licence, note, citations) of weights trained on these source types."""
     notes, cites = [], []
-    licence = "MIT (trained on synthetic phantoms only)" if source_types <= {"phantom"} else "see note"
+    licence = ("MIT (trained on synthetic phantoms only)" if source_types <= {"phantom"} else
+               "research use only (the training data's terms of use: see note)")
     if "acdc" in source_types:
         licence = "CC BY-NC-SA 4.0"
         notes.append("Derived from the ACDC dataset (CC BY-NC-SA 4.0): non-commercial scientific research use only; "
