@@ -82,16 +82,6 @@ def plain_screenshots(viewer: napari.Viewer, out: Path) -> None:
     viewer.reset_view()
     capture(viewer, out / "phantom_lax_4c.png")
 
-    mnms2_lax = SHARED / "mnms2" / "001" / "001_LA_CINE.nii.gz"
-    if mnms2_lax.is_file():
-        flow.reset()
-        layers = viewer.open(str(mnms2_lax), plugin="napari-cinema")
-        what = flow.segment_or_truth(layers[0], None, "")
-        show_frame(viewer, t=8)
-        viewer.reset_view()
-        capture(viewer, out / "workflow_mnms2_lax_4c.png")
-        print(f"  M&Ms-2 001 4-chamber cine: {what}")
-
     sunnybrook = SHARED / "sunnybrook" / "SCD0000101" / "dicom"
     if sunnybrook.is_dir():
         viewer.layers.clear()
@@ -227,25 +217,20 @@ def workflow_screenshots(viewer: napari.Viewer, out: Path) -> None:
         capture(viewer, out / "workflow_acdc.png")
         print(f"  ACDC patient001: {what}")
 
-    mnms2_lax = SHARED / "mnms2" / "001" / "001_LA_CINE.nii.gz"
-    if mnms2_lax.is_file():
+    # real studies without labels in the viewer: (path, screenshot, title, frame, slice)
+    for path, name, title, t, z in (
+            (SHARED / "mnms2" / "001" / "001_LA_CINE.nii.gz", "workflow_mnms2_lax_4c.png", "M&Ms-2 001 4-chamber cine",
+             8, None),
+            (SHARED / "sunnybrook" / "SCD0000101" / "dicom", "workflow_sunnybrook.png", "Sunnybrook SCD0000101", 0, 6)):
+        if not path.exists():
+            continue
         flow.reset()
-        layers = viewer.open(str(mnms2_lax), plugin="napari-cinema")
+        layers = viewer.open(str(path), plugin="napari-cinema")
         what = flow.segment_or_truth(layers[0], None, "")
-        show_frame(viewer, t=8)
+        show_frame(viewer, t=t, z=z)
         viewer.reset_view()
-        capture(viewer, out / "workflow_mnms2_lax_4c.png")
-        print(f"  M&Ms-2 001 4-chamber cine: {what}")
-
-    sunnybrook = SHARED / "sunnybrook" / "SCD0000101" / "dicom"
-    if sunnybrook.is_dir():
-        flow.reset()
-        layers = viewer.open(str(sunnybrook), plugin="napari-cinema")
-        what = flow.segment_or_truth(layers[0], None, "")
-        show_frame(viewer, t=0, z=6)
-        viewer.reset_view()
-        capture(viewer, out / "workflow_sunnybrook.png")
-        print(f"  Sunnybrook SCD0000101: {what}")
+        capture(viewer, out / name)
+        print(f"  {title}: {what}")
 
 
 def correction_screenshots(viewer: napari.Viewer, out: Path) -> None:
