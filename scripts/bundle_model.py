@@ -21,6 +21,13 @@ EVALUATION_KEYS = ("dice", "hd95_mm", "LVEF_mae_pct", "LVEDV_mae_ml", "LVESV_mae
                    "ef_mae", "landmark_error_mm", "notes")
 
 
+def _measured(value) -> bool:
+    """A metric that was computed (a classifier's evaluation has Dice fields, all null)."""
+    if isinstance(value, dict):
+        return any(v is not None for v in value.values())
+    return value is not None
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("run", type=Path, help="finished run folder (model.safetensors, config.yaml, card.json)")
@@ -45,7 +52,7 @@ def main() -> int:
         label, path, command = spec.split("=", 2)
         r = json.loads(Path(path).read_text())
         entry = {"data": label, "n_cases": r["n_cases"], "command": command}
-        entry.update({k: r[k] for k in EVALUATION_KEYS if r.get(k) is not None})
+        entry.update({k: r[k] for k in EVALUATION_KEYS if _measured(r.get(k))})
         card["evaluations"].append(entry)
     if args.note:
         card["status_note"] = args.note
