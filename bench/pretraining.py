@@ -18,7 +18,7 @@ Usage::
     python bench/pretraining.py --mae runs/mae_pretrain/model.safetensors            # the full table
     python bench/pretraining.py --mae M --fractions 25 --epochs 1 --samples-per-epoch 64   # smoke check
 
-Defaults are sized for 2 CPU cores: six runs of 6 epochs x 384 samples (batch 32: 72 steps each), a
+Defaults are sized for 2 CPU cores: six runs of 8 epochs x 800 samples (batch 32: 200 steps each), a
 short budget: the table says which start learns more from the same few steps, not how good either gets.
 """
 
@@ -92,8 +92,8 @@ def main() -> int:
     p.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data" / "acdc")
     p.add_argument("--config", type=Path, default=REPO / "training" / "configs" / "sax_seg.yaml")
     p.add_argument("--fractions", type=float, nargs="+", default=[25, 50, 100], help="percent of the labels")
-    p.add_argument("--epochs", type=int, default=6)
-    p.add_argument("--samples-per-epoch", type=int, default=384)
+    p.add_argument("--epochs", type=int, default=8)
+    p.add_argument("--samples-per-epoch", type=int, default=800)
     p.add_argument("--device", default="auto")
     p.add_argument("--out", type=Path, default=REPO / "runs" / "pretraining")
     p.add_argument("--no-evaluate", action="store_true", help="skip the end-to-end evaluation")

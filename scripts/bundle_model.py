@@ -36,6 +36,8 @@ def main() -> int:
                    help="an evaluate JSON to add to the card, with its label and the command that made it")
     p.add_argument("--note", help="status note (e.g. below target) shown in the card and the description")
     p.add_argument("--description", help="replace the card's one-line description")
+    p.add_argument("--opt-in", action="store_true",
+                   help="the analysis dock never preselects it (e.g. it fails on real cines); the user picks it")
     p.add_argument("--caveat", help="one line the analysis dock shows beside the model (e.g. what it was "
                                     "validated on when labels are scarce)")
     args = p.parse_args()
@@ -58,6 +60,7 @@ def main() -> int:
         card["status_note"] = args.note
     if args.caveat:
         card["caveat"] = args.caveat
+    card["opt_in"] = bool(args.opt_in)
     out = REPO / "napari_cinema" / "models" / args.id
     out.mkdir(parents=True, exist_ok=True)
     for name in ("model.safetensors", "config.yaml"):

@@ -487,3 +487,21 @@ def test_torchrun_two_cpu_processes_write_one_run_folder(tmp_path: Path) -> None
     assert ev[0]["total_steps"] == 3  # 48 slices / batch 8 = 6 batches shared by 2 ranks
     assert sum(1 for e in ev if e["event"] == "start") == 1  # rank 0 alone logs
     assert (runs[0] / "model.safetensors").is_file()
+
+
+def test_weights_started_from_keep_the_terms_of_their_origin(tmp_path: Path) -> None:
+    """A phantom-only landmark model whose encoder came from an ACDC-trained MAE is not MIT."""
+    from napari_cinema.training.loop import _stricter_licence, _weights_facts, licence_for
+
+    run = tmp_path / "mae_run"
+    run.mkdir()
+    (run / "model.safetensors").write_bytes(b"weights")
+    (run / "card.json").write_text(json.dumps({"id": "default-mae-mini", "licence": "CC BY-NC-SA 4.0",
+                                               "licence_note": "Derived from the ACDC dataset."}))
+    facts = _weights_facts(run / "model.safetensors", None)
+    assert facts["id"] == "default-mae-mini" and facts["licence"] == "CC BY-NC-SA 4.0" and facts["sha256"]
+    own, _, _ = licence_for({"phantom"})
+    assert own.startswith("MIT")
+    assert _stricter_licence(own, facts["licence"]) == "CC BY-NC-SA 4.0"
+    assert _stricter_licence("CC BY-NC-SA 4.0", licence_for({"mnms2"})[0]) == "CC BY-NC-SA 4.0"
+    assert _stricter_licence(own, licence_for({"mnms2"})[0]).startswith("research use only")

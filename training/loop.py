@@ -507,6 +507,7 @@ class Trainer:
 
         # model
         self.init_from: dict[str, Any] | None = None
+        self.mae_from: dict[str, Any] | None = None  # the MAE the encoder started from (its terms carry over)
         torch.manual_seed(seed)
         try:
             model = build_model(self.model_cfg, grad_ckpt=bool(cfg.get("grad_ckpt", False)))
@@ -609,24 +610,20 @@ class Trainer:
 
             from napari_cinema.model.transfer import load_mae_weights
 
-            path = self._resolve_weights(str(init["mae"]))
+            path, info = self._resolve_weights_info(str(init["mae"]))
             try:
                 sd = load_file(str(path))
                 load_mae_weights(model, sd, freeze=bool(init.get("freeze_encoder")))
             except (ValueError, OSError) as exc:
                 raise ConfigError(f"init.mae {path}: {exc}") from None
             pretrained = True
+            self.mae_from = _weights_facts(path, info)
         if init.get("weights"):
             ref = str(init["weights"])
             path, info = self._resolve_weights_info(ref)
             load_weights(model, path, strict=True)
             pretrained = True
-            card = dict(getattr(info, "card", None) or {})
-            self.init_from = {"id": info.id if info is not None else None, "path": str(path),
-                              "sha256": sha256_file(path), "source": info.source if info is not None else "file",
-                              "licence": card.get("licence"), "licence_note": card.get("licence_note"),
-                              "citations": card.get("citations") or [],
-                              "training_data": getattr(info, "training_data", None) or card.get("training_data")}
+            self.init_from = _weights_facts(path, info)
             if init.get("freeze_encoder"):
                 n = freeze_encoder(model)
                 if n == 0:
@@ -1016,12 +1013,13 @@ class Trainer:
         types = {str(s.get("type")) for part in ("train", "val") for s in (self.cfg["data"].get(part) or [])}
         licence, note, cites = licence_for(types)
         base = self.init_from
-        if base and base.get("licence"):
-            # fine-tuned weights derive from the base weights: the base's terms come with them
-            licence = str(base["licence"])
-            note = (f"Fine-tuned from {base.get('id') or base.get('path')} ({licence}): "
-                    f"{base.get('licence_note') or ''} {note}").replace("  ", " ").strip()
-            cites = list(dict.fromkeys([*base.get("citations", []), *cites]))
+        # weights that start from other weights (fine-tuning, an MAE encoder) derive from them: their terms come along
+        for start, how in ((self.mae_from, "Encoder pre-trained as"), (self.init_from, "Fine-tuned from")):
+            if start and start.get("licence"):
+                licence = _stricter_licence(licence, str(start["licence"]))
+                note = (f"{how} {start.get('id') or start.get('path')} ({start['licence']}): "
+                        f"{start.get('licence_note') or ''} {note}").replace("  ", " ").strip()
+                cites = list(dict.fromkeys([*start.get("citations", []), *cites]))
         split = None
         acdc = [s for part in ("train", "val") for s in (self.cfg["data"].get(part) or [])
                 if s.get("type") == "acdc" and s.get("split")]
@@ -1064,6 +1062,8 @@ class Trainer:
             "base_model": ({k: base[k] for k in ("id", "path", "sha256", "source", "licence")}
                            if base else None),
             "frozen_encoder": bool(base and base.get("frozen_encoder_tensors")),
+            "pretrained_encoder": ({k: self.mae_from[k] for k in ("id", "path", "sha256", "licence")}
+                                   if self.mae_from else None),
             "baseline": ({"model": base.get("id") or base.get("path") if base else None, "metrics": self.baseline}
                          if self.baseline else None),
             "created": _now(),
@@ -1085,6 +1085,28 @@ class Trainer:
 ACDC_CITATION = ("O. Bernard, A. Lalande, C. Zotti, F. Cervenansky, et al. \"Deep Learning Techniques for Automatic "
                  "MRI Cardiac Multi-structures Segmentation and Diagnosis: Is the Problem Solved?\" IEEE Transactions "
                  "on Medical Imaging 37(11):2514-2525, 2018. doi:10.1109/TMI.2018.2837502")
+
+
+def _weights_facts(path: Path, info: Any) -> dict[str, Any]:
+    """Id, hash and terms of weights a run starts from: a registry entry's card, or the card.json of the
+    run folder or bundled model the file sits in."""
+    card = dict(getattr(info, "card", None) or {})
+    if info is None and (path.parent / "card.json").is_file():
+        try:
+            card = json.loads((path.parent / "card.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            card = {}
+    return {"id": info.id if info is not None else card.get("id"), "path": str(path), "sha256": sha256_file(path),
+            "source": info.source if info is not None else "file", "licence": card.get("licence"),
+            "licence_note": card.get("licence_note"), "citations": card.get("citations") or [],
+            "training_data": getattr(info, "training_data", None) or card.get("training_data")}
+
+
+def _stricter_licence(a: str, b: str) -> str:
+    """The more restrictive of two licences: non-commercial beats research-only beats permissive."""
+    def rank(lic: str) -> int:
+        return 2 if "NC" in lic else 1 if "research" in lic.lower() else 0
+    return a if rank(a) >= rank(b) else b
 
 
 def licence_for(source_types: set[str]) -> tuple[str, str, list[str]]:
@@ -1156,7 +1178,15 @@ def _card_md(card: Mapping[str, Any]) -> str:
             lines.append(f"| {e.get('data')} | {e.get('n_cases')} | {fmt(d.get('LV'))} | {fmt(d.get('MYO'))} | "
                          f"{fmt(d.get('RV'))} | {fmt(d.get('mean'))} | {fmt(h.get('mean'))} | "
                          f"{fmt(e.get('LVEF_mae_pct'))} |")
-    others = [e for e in evaluations if not e.get("dice")]
+    landmarks = [e for e in evaluations if e.get("landmark_error_mm")]
+    if landmarks:
+        names = list(dict.fromkeys(k for e in landmarks for k in e["landmark_error_mm"]))
+        lines += ["", "## End to end (`napari-cinema evaluate`): landmark error, mm", "",
+                  "| data | cases | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
+        for e in landmarks:
+            lines.append(f"| {e.get('data')} | {e.get('n_cases')} | "
+                         + " | ".join(fmt(e["landmark_error_mm"].get(n)) for n in names) + " |")
+    others = [e for e in evaluations if not e.get("dice") and not e.get("landmark_error_mm")]
     if others:
         lines += ["", "## End to end (`napari-cinema evaluate`)", "",
                   "| data | cases | accuracy | AUROC | EF MAE (points) |", "|---|---|---|---|---|"]

@@ -447,8 +447,9 @@ class AnalysisWidget(QWidget):
             index = combo.findData(previous) if previous is not None else -1
             if index < 0:
                 if role in ("segmentation", "landmarks"):
-                    # the default: an available model (bundled first); never preselect a download for extras
-                    avail = [i for i in infos if i.available]
+                    # the default: an available model (bundled first); never preselect a download for extras,
+                    # nor a model whose card asks to be chosen by hand (it fails on real cines)
+                    avail = [i for i in infos if i.available and (role == "segmentation" or not i.card.get("opt_in"))]
                     pick = avail[0].id if avail else (infos[0].id if infos and role == "segmentation" else None)
                     index = combo.findData(pick)
                 index = max(0, index)
