@@ -130,9 +130,15 @@ class Workflow:
         overlay.position = "top_left"
         overlay.visible = True
 
-    def segment_or_truth(self, image, truth_labels, what: str, extras: bool = False) -> str:
+    def segment_or_truth(self, image, truth_labels, what: str, extras: bool = False,
+                         landmarks: str | None = None) -> str:
         """Run the registry's default model on ``image`` when there is one; else analyse the truth labels.
-        ``extras``: also the default disease-classification and EF-regression models of the view."""
+        ``extras``: also the default disease-classification and EF-regression models of the view;
+        ``landmarks``: this landmark model (the bundled one is opt-in: it works on phantoms only)."""
+        if landmarks is not None:
+            self.analysis.set_image_layer(image)
+            _settle()
+            self.analysis.set_model(landmarks, "landmarks")
         done = self._segment_or_truth(image, truth_labels, what, extras)
         self.arrange()
         return done
@@ -197,7 +203,7 @@ def workflow_screenshots(viewer: napari.Viewer, out: Path) -> None:
     flow.reset()
     layers = viewer.open_sample("napari-cinema", "phantom_lax_4c")
     image, truth = layers[0], layers[1]
-    what = flow.segment_or_truth(image, truth, "phantom truth")
+    what = flow.segment_or_truth(image, truth, "phantom truth", landmarks="default-lax-4c-landmarks")
     show_frame(viewer, t=15)  # mid-diastole: the white current-frame marker away from ED and ES
     viewer.layers.selection.active = image
     viewer.reset_view()

@@ -1042,8 +1042,7 @@ class Trainer:
             "views": list(self.task.views),
             "status": status,
             "weights_from": source,
-            "training_data": (f"{base['training_data']} + {', '.join(sorted(types))}"
-                              if base and base.get("training_data") else ", ".join(sorted(types))),
+            "training_data": _training_data(base.get("training_data") if base else None, types),
             "data": {"train_sources": self.sources["train"], "val_sources": self.sources["val"],
                      "train": self.task.summary.get("train"), "val": self.task.summary.get("val")},
             "split": split,
@@ -1100,6 +1099,12 @@ def _weights_facts(path: Path, info: Any) -> dict[str, Any]:
             "source": info.source if info is not None else "file", "licence": card.get("licence"),
             "licence_note": card.get("licence_note"), "citations": card.get("citations") or [],
             "training_data": getattr(info, "training_data", None) or card.get("training_data")}
+
+
+def _training_data(base: str | None, types: set[str]) -> str:
+    """'acdc, mnms' or, fine-tuned, 'base data + new data' (once, when the base saw the same sources)."""
+    own = ", ".join(sorted(types))
+    return own if not base or base == own or base.startswith(own + " +") else f"{base} + {own}"
 
 
 def _stricter_licence(a: str, b: str) -> str:

@@ -158,6 +158,7 @@ class AnalysisWidget(QWidget):
         self.model_info = QLabel("reading the model registry…")
         self.model_info.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Minimum)
         self.model_info.setTextFormat(Qt.TextFormat.RichText)
+        self.model_info.setWordWrap(True)  # a model's caveat must be read whole, not cut at the dock's edge
         self.model_info.setStyleSheet(SMALL)
         self.landmark_combo = self._model_combo()
         self.classification_combo = self._model_combo()
