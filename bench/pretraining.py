@@ -15,7 +15,7 @@ numbers a user gets).
 
 Usage::
 
-    python bench/pretraining.py --mae runs/mae_pretrain/model.safetensors            # the full table
+    python bench/pretraining.py --mae napari_cinema/models/default-mae-mini/model.safetensors   # the full table
     python bench/pretraining.py --mae M --fractions 25 --epochs 1 --samples-per-epoch 64   # smoke check
 
 Defaults are sized for 2 CPU cores: six runs of 8 epochs x 800 samples (batch 32: 200 steps each), a
