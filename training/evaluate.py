@@ -13,6 +13,7 @@ Output JSON (DESIGN.md)::
      "hd95_mm": {"LV": .., "MYO": .., "RV": .., "mean": ..},
      "LVEF_mae_pct": .., "LVEDV_mae_ml": .., "LVESV_mae_ml": ..,
      "accuracy": .., "auroc": ..,            # classification models, where the dataset has classes
+     "landmark_error_mm": {"mv_1": .., "mv_2": .., "apex": .., "mean": ..},   # landmark models
      "per_case": [{"case": .., "dice": {..}, "hd95_mm": {..}, "LVEDV_ml": {"true": .., "pred": ..}, ...}],
      "model": {...}, "dataset": .., "notes": {field: why it is null}}
 
