@@ -170,6 +170,13 @@ def load_dataset(path: str | Path, labels: str | None = None, split: str = "all"
 # --------------------------------------------------------------------------------------------------
 
 
+def _load_or_fail(model: str):
+    try:
+        return load_eval_model(model, "cpu")
+    except (ValueError, OSError) as exc:
+        raise EvaluationError(f"--model {model}: {exc}") from None
+
+
 def load_eval_model(model: str, device: str = "cpu"):
     """A LoadedModel from a registry id, a run folder or a .safetensors file."""
     from napari_cinema.model.checkpoint import load_model as load_checkpoint
@@ -335,12 +342,8 @@ def evaluate(dataset: str | Path, *, model: str | None = None, labels: str | Non
     for their view.
     """
     t0 = time.perf_counter()
-    loaded = None
-    if predict is None and model is not None:
-        try:
-            loaded = load_eval_model(model, "cpu")
-        except (ValueError, OSError) as exc:
-            raise EvaluationError(f"--model {model}: {exc}") from None
+    # the model first: its view picks the records of a multi-view dataset (M&Ms-2)
+    loaded = _load_or_fail(model) if predict is None and model is not None else None
     view = "lax_4c" if loaded is not None and "lax_4c" in tuple(loaded.views) else "sax"
     layout, records = load_dataset(dataset, labels, split, view=view)
     records = [r for r in records if r.labels is not None and r.labelled_frames]
@@ -369,10 +372,7 @@ def evaluate(dataset: str | Path, *, model: str | None = None, labels: str | Non
                 if model is None:
                     raise EvaluationError(f"no segmentation model for {view} is available; pass --model ID")
             if loaded is None:
-                try:
-                    loaded = load_eval_model(model, "cpu")
-                except (ValueError, OSError) as exc:
-                    raise EvaluationError(f"--model {model}: {exc}") from None
+                loaded = _load_or_fail(model)
             task = loaded.task
             model_info = loaded.provenance()
             if task == "segmentation":
@@ -392,10 +392,9 @@ def evaluate(dataset: str | Path, *, model: str | None = None, labels: str | Non
     result["accuracy"], result["auroc"] = None, None
     if loaded is not None and task.startswith(("classification", "regression")):
         rows = _evaluate_pair_model(loaded, records, device, result)
-    elif loaded is not None and task.startswith("landmark"):
-        rows = _evaluate_landmark_model(loaded, records, device, result)
-        result["notes"]["accuracy"] = result["notes"]["auroc"] = "not a classification model"
     else:
+        if loaded is not None and task.startswith("landmark"):
+            rows = _evaluate_landmark_model(loaded, records, device, result)
         result["notes"]["accuracy"] = "not a classification model"
         result["notes"]["auroc"] = "not a classification model"
     result["per_case"] = rows
@@ -432,7 +431,6 @@ def _evaluate_pair_model(loaded, records: Sequence[CaseRecord], device: str, res
         seg = run_segmentation(_study(rec), seg_model, device=device, view=rec.view,
                                frames=[rec.ed_frame, rec.es_frame])
         return {"segmentation": seg.labels}
-
 
     rows = []
     if loaded.task.startswith("classification"):

@@ -576,9 +576,6 @@ class Trainer:
         if self.resume:
             self._load_state()
 
-    def _resolve_weights(self, ref: str) -> Path:
-        return self._resolve_weights_info(ref)[0]
-
     def _resolve_weights_info(self, ref: str) -> tuple[Path, Any]:
         """(weights file, registry ModelInfo or None when ``ref`` is a file or folder)."""
         p = Path(os.path.expanduser(ref))

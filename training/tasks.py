@@ -117,17 +117,20 @@ class EpochBatchSampler:
         self.epoch = int(epoch)
         self.start_batch = int(start_batch)
 
+    def _rng(self, epoch: int) -> np.random.Generator:
+        return np.random.default_rng([self.seed, int(epoch), 20240601])
+
     def _batches_per_epoch(self) -> int:
         # Views are batched apart, so an epoch's batch count depends on how the resampled items fall
         # into views; every epoch is cut to epoch 0's count (the loop's steps per epoch, the LR schedule
         # and --resume all rely on it), rounded up to a multiple of world_size.
         if self._n_batches is None:
-            n = len(self._group_batches(0, np.random.default_rng([self.seed, 0, 20240601])))
+            n = len(self._group_batches(0, self._rng(0)))
             self._n_batches = n + (-n) % self.world_size
         return self._n_batches
 
     def epoch_batches(self, epoch: int) -> list[list[tuple[int, int]]]:
-        rng = np.random.default_rng([self.seed, int(epoch), 20240601])
+        rng = self._rng(epoch)
         batches = self._group_batches(epoch, rng)
         want = self._batches_per_epoch()
         if len(batches) > want:
