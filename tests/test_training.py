@@ -310,6 +310,50 @@ def test_resume_after_sigterm_is_bit_identical(tmp_path: Path) -> None:
     assert [(e["train_loss"], e["val_dice"]) for e in ea] == [(e["train_loss"], e["val_dice"]) for e in eb]
 
 
+def test_weight_average_is_the_mean_of_epoch_ends_and_resumes_exactly(tmp_path: Path) -> None:
+    """train.average_from_epoch: the kept model is the mean of the epoch-end weights from that epoch on,
+    and a run stopped after averaging began resumes to the same average."""
+    cfg = tiny(**{"train.epochs": 3, "train.average_from_epoch": 2, "train.patience": 0})
+    ends: dict[int, dict[str, torch.Tensor]] = {}
+
+    def keep_epoch_ends(trainer, step):
+        if step % trainer.steps_per_epoch == 0:
+            ends[step // trainer.steps_per_epoch] = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
+
+    full = train(cfg, run_dir=tmp_path / "a", on_step=keep_epoch_ends)
+    assert full.status == "done" and sorted(ends) == [1, 2, 3]
+    from napari_cinema.model.checkpoint import load_training_state
+
+    averaged = load_training_state(load_last_checkpoint(tmp_path / "a")[1])["averaged"]
+    assert int(averaged["n_averaged"]) == 2
+    for k, v in ends[3].items():
+        if v.is_floating_point():
+            torch.testing.assert_close(averaged[f"module.{k}"], (ends[2][k] + v) / 2)
+    epochs = [e for e in events(tmp_path / "a") if e["event"] == "epoch"]
+    assert [e.get("averaged_epochs") for e in epochs] == [None, 1, 2]
+    card = json.loads((tmp_path / "a" / "card.json").read_text())
+    assert card["weight_average"] == {"from_epoch": 2, "epochs": 2}
+    if card["metrics"]["best_epoch"] == 3:  # the final model is the validated average
+        final = weights_of(tmp_path / "a" / "model.safetensors")
+        assert all(torch.equal(final[k], averaged[f"module.{k}"]) for k in final)
+
+    def stop_in_epoch_3(trainer, step):
+        if step == 2 * trainer.steps_per_epoch + 2:
+            trainer.request_stop("test")
+
+    assert train(cfg, run_dir=tmp_path / "b", on_step=stop_in_epoch_3).status == "stopped"
+    assert train(cfg, run_dir=tmp_path / "b", resume=True).status == "done"
+    resumed = load_training_state(load_last_checkpoint(tmp_path / "b")[1])["averaged"]
+    assert all(torch.equal(averaged[k], resumed[k]) for k in averaged)
+    ma, mb = weights_of(tmp_path / "a" / "model.safetensors"), weights_of(tmp_path / "b" / "model.safetensors")
+    assert all(torch.equal(ma[k], mb[k]) for k in ma)
+
+
+def test_weight_average_epoch_must_be_in_the_run(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="train.average_from_epoch must be an epoch number from 1 to"):
+        load_train_config(tiny(**{"train.epochs": 2, "train.average_from_epoch": 5}))
+
+
 def test_stop_file_exits_3_with_usable_checkpoint(tmp_path: Path, capsys) -> None:
     run = tmp_path / "run"
     run.mkdir()

@@ -89,6 +89,7 @@ DEFAULTS: dict[str, Any] = {
         "log_every": 10,  # steps between 'step' events
         "checkpoint_every": 0,  # steps between 'last' checkpoints (0: at each epoch end)
         "val_hd95": True,
+        "average_from_epoch": None,  # average the weights of every epoch end from this epoch on (SWA)
         "augment": dict(AUGMENT_DEFAULTS),
         "mask_ratio": None,  # MAE only; None: the model's (0.75)
     },
@@ -212,6 +213,10 @@ def validate_config(cfg: Mapping[str, Any], where: str = "<config>") -> None:
     for key in ("epochs", "batch_size", "accum_steps"):
         if not isinstance(tr.get(key), int) or tr[key] < 1:
             raise ConfigError(f"{where}: train.{key} must be a positive integer, got {tr.get(key)!r}")
+    avg = tr.get("average_from_epoch")
+    if avg is not None and (not isinstance(avg, int) or isinstance(avg, bool) or not 1 <= avg <= tr["epochs"]):
+        raise ConfigError(f"{where}: train.average_from_epoch must be an epoch number from 1 to train.epochs "
+                          f"({tr['epochs']}) or null, got {avg!r}")
     oc = cfg["optim"]
     try:
         if float(oc["lr"]) <= 0 or float(oc.get("min_lr") or 0) < 0 or float(oc["weight_decay"]) < 0:

@@ -521,6 +521,13 @@ class Trainer:
         self.optimizer = torch.optim.AdamW(groups, lr=float(oc["lr"]), betas=tuple(oc["betas"]),
                                            weight_decay=float(oc["weight_decay"]))
         self.net: nn.Module = self.model
+        # stochastic weight averaging: a uniform average of the weights at every epoch end from
+        # train.average_from_epoch on; once it has started it is what is validated, kept and shipped
+        self.average_from = cfg["train"].get("average_from_epoch")
+        self.averaged: torch.optim.swa_utils.AveragedModel | None = None
+        if self.average_from is not None:
+            self.averaged = torch.optim.swa_utils.AveragedModel(self.model, use_buffers=True)
+            self.averaged.eval()
         if self.dist.enabled:
             from torch.nn.parallel import DistributedDataParallel as DDP
 
@@ -659,7 +666,15 @@ class Trainer:
             "last_val": _json_safe(self.last_val),
             "epoch_loss": [float(self._epoch_loss[0]), int(self._epoch_loss[1])],
             "baseline": _json_safe(self.baseline),
+            "averaged": self.averaged.state_dict() if self._averaging() else None,
         }
+
+    def _averaging(self) -> bool:
+        return self.averaged is not None and int(self.averaged.n_averaged) > 0
+
+    def _eval_model(self) -> nn.Module:
+        """The weights that are validated and kept: the running average once it has started."""
+        return self.averaged.module if self._averaging() else self.model
 
     def _on_main(self, fn: Callable[[], Any]) -> Any:
         """Run ``fn`` on rank 0 only; its result, or its error, reaches every rank."""
@@ -732,7 +747,7 @@ class Trainer:
         cdir = self._ckpt_dir()
         try:
             cdir.mkdir(parents=True, exist_ok=True)
-            path = save_checkpoint(self.model, cdir / "best.safetensors", config=self.model_cfg,
+            path = save_checkpoint(self._eval_model(), cdir / "best.safetensors", config=self.model_cfg,
                                    metadata={"step": self.step, "epoch": self.epoch, "kind": "best",
                                              "metrics": _json_safe(self.best.get("metrics", {}))})
             atomic_write_text(cdir / "best.json", json.dumps(_json_safe(self.best), indent=1) + "\n")
@@ -768,6 +783,10 @@ class Trainer:
         self.last_val = dict(state.get("last_val") or {})
         self._epoch_loss = tuple(state.get("epoch_loss") or (0.0, 0))
         self.baseline = dict(state.get("baseline") or {})
+        if state.get("averaged") is not None:
+            if self.averaged is None:
+                raise TrainingError(f"{state_path}: the run averages weights but train.average_from_epoch is not set")
+            self.averaged.load_state_dict(state["averaged"])
         rngs = state["rng"]
         if int(state.get("world_size", 1)) != self.dist.world_size:
             warnings.warn("resuming with another number of processes: the data order differs from the "
@@ -779,9 +798,10 @@ class Trainer:
     def _validate(self) -> dict[str, Any]:
         metrics: dict[str, Any] = {}
         if self.dist.is_main and self.task.has_validation():
-            self.model.eval()
+            model = self._eval_model()
+            model.eval()
             with torch.no_grad():
-                metrics = self.task.validate(self.model, self.device, self.autocast)
+                metrics = self.task.validate(model, self.device, self.autocast)
             self.model.train()
         metrics = D.broadcast_object(metrics)
         return metrics
@@ -912,6 +932,8 @@ class Trainer:
             if epoch_finished:
                 self.epoch += 1
                 self.micro = 0
+                if self.averaged is not None and self.epoch >= self.average_from:
+                    self.averaged.update_parameters(self.model)
             last_round = self.step >= self.total_steps or self.epoch >= self.epochs
             metrics: dict[str, Any] = {}
             improved = False
@@ -930,8 +952,9 @@ class Trainer:
             ep_loss = D.all_reduce_mean(epoch_loss_sum / max(1, epoch_loss_n))
             epoch_loss_sum, epoch_loss_n = 0.0, 0
             self._epoch_loss = (0.0, 0)
+            averaged = {"averaged_epochs": int(self.averaged.n_averaged)} if self._averaging() else {}
             self.log.emit("epoch", epoch=self.epoch, epochs=self.epochs, step=self.step,
-                          total_steps=self.total_steps, train_loss=ep_loss, **metrics,
+                          total_steps=self.total_steps, train_loss=ep_loss, **metrics, **averaged,
                           monitor=self.monitor, is_best=improved, best=self.best.get("value"),
                           lr=self.optimizer.param_groups[-1]["lr"], eta_s=eta())
             self.save_last()
@@ -964,7 +987,7 @@ class Trainer:
             state = load_file(str(best))
             source = "best"
         else:
-            state = {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
+            state = {k: v.detach().cpu() for k, v in self._eval_model().state_dict().items()}
             source = "last"
         card = self._card(status, source)
         before, after = self.baseline.get(self.monitor), (card["metrics"]["validation"] or {}).get(self.monitor)
@@ -1048,6 +1071,8 @@ class Trainer:
             "steps": self.step,
             "total_steps": self.total_steps,
             "epochs_run": self.epoch,
+            "weight_average": ({"from_epoch": self.average_from, "epochs": int(self.averaged.n_averaged)}
+                               if self._averaging() else None),
             "seed": int(self.cfg.get("seed", 0)),
             "world_size": self.dist.world_size,
             "device": str(self.device),
