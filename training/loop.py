@@ -944,7 +944,8 @@ class Trainer:
                     value = metrics.get(self.monitor)
                     improved = self._improved(value)
                     if improved:
-                        self.best = {"value": value, "step": self.step, "epoch": self.epoch, "metrics": metrics}
+                        self.best = {"value": value, "step": self.step, "epoch": self.epoch, "metrics": metrics,
+                                     "averaged_epochs": int(self.averaged.n_averaged) if self._averaging() else None}
                         self.bad_rounds = 0
                         self.save_best()
                     else:
@@ -1037,8 +1038,10 @@ class Trainer:
         for start, how in ((self.mae_from, "Encoder pre-trained as"), (self.init_from, "Fine-tuned from")):
             if start and start.get("licence"):
                 licence = _stricter_licence(licence, str(start["licence"]))
+                inherited = str(start.get("licence_note") or "")
+                own = "" if note and note in inherited else note  # a fine-tune of a model on the same data
                 note = (f"{how} {start.get('id') or start.get('path')} ({start['licence']}): "
-                        f"{start.get('licence_note') or ''} {note}").replace("  ", " ").strip()
+                        f"{inherited} {own}").replace("  ", " ").strip()
                 cites = list(dict.fromkeys([*start.get("citations", []), *cites]))
         split = None
         acdc = [s for part in ("train", "val") for s in (self.cfg["data"].get(part) or [])
@@ -1071,8 +1074,7 @@ class Trainer:
             "steps": self.step,
             "total_steps": self.total_steps,
             "epochs_run": self.epoch,
-            "weight_average": ({"from_epoch": self.average_from, "epochs": int(self.averaged.n_averaged)}
-                               if self._averaging() else None),
+            "weight_average": self._weight_average(source),
             "seed": int(self.cfg.get("seed", 0)),
             "world_size": self.dist.world_size,
             "device": str(self.device),
@@ -1092,6 +1094,12 @@ class Trainer:
             "torch_version": torch.__version__,
             "run_dir": str(self.run_dir),
         }
+
+    def _weight_average(self, source: str) -> dict[str, int] | None:
+        """How many epoch ends the shipped weights average (the best checkpoint's count when it is shipped)."""
+        n = self.best.get("averaged_epochs") if source == "best" else (
+            int(self.averaged.n_averaged) if self._averaging() else None)
+        return {"from_epoch": int(self.average_from), "epochs": int(n)} if n else None
 
     def _task_id(self) -> str:
         data = self.cfg["data"]
@@ -1175,6 +1183,11 @@ def _card_md(card: Mapping[str, Any]) -> str:
                  "checkpoint")
     if m.get("best") is not None:
         lines.append(f"- best {m.get('monitor')}: {m['best']:.4g} (step {m.get('best_step')})")
+    avg = card.get("weight_average")
+    if avg:
+        first = int(avg["from_epoch"])
+        lines.append(f"- weights: the average of the {avg['epochs']} epoch ends {first}-{first + int(avg['epochs']) - 1} "
+                     f"(stochastic weight averaging, train.average_from_epoch {first})")
     base = card.get("base_model") or {}
     if base:
         lines.append(f"- fine-tuned from `{base.get('id') or base.get('path')}` (weights sha256 "
