@@ -536,7 +536,7 @@ def test_torchrun_two_cpu_processes_write_one_run_folder(tmp_path: Path) -> None
 
 def test_weights_started_from_keep_the_terms_of_their_origin(tmp_path: Path) -> None:
     """A phantom-only landmark model whose encoder came from an ACDC-trained MAE is not MIT."""
-    from napari_cinema.training.loop import _stricter_licence, _weights_facts, licence_for
+    from napari_cinema.training.loop import _stricter_licence, _weights_facts, inherit_terms, licence_for
 
     run = tmp_path / "mae_run"
     run.mkdir()
@@ -550,3 +550,12 @@ def test_weights_started_from_keep_the_terms_of_their_origin(tmp_path: Path) -> 
     assert _stricter_licence(own, facts["licence"]) == "CC BY-NC-SA 4.0"
     assert _stricter_licence("CC BY-NC-SA 4.0", licence_for({"mnms2"})[0]) == "CC BY-NC-SA 4.0"
     assert _stricter_licence(own, licence_for({"mnms2"})[0]).startswith("research use only")
+    # a fine-tune of a model trained on the same data inherits its terms without repeating them
+    terms = licence_for({"acdc", "mnms"})
+    base = {"id": "default-sax-seg", "licence": terms[0], "licence_note": terms[1], "citations": terms[2]}
+    licence, note, cites = inherit_terms(terms, base, "Fine-tuned from")
+    assert licence == "CC BY-NC-SA 4.0" and note.count(terms[1]) == 1 and cites == terms[2]
+    assert note.startswith("Fine-tuned from default-sax-seg (CC BY-NC-SA 4.0): ")
+    # phantom-only training from the ACDC MAE: the MAE's terms, then its own
+    licence, note, _ = inherit_terms(licence_for({"phantom"}), facts, "Encoder pre-trained as")
+    assert licence == "CC BY-NC-SA 4.0" and note.endswith("Synthetic training data only.")

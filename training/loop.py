@@ -1037,12 +1037,7 @@ class Trainer:
         # weights that start from other weights (fine-tuning, an MAE encoder) derive from them: their terms come along
         for start, how in ((self.mae_from, "Encoder pre-trained as"), (self.init_from, "Fine-tuned from")):
             if start and start.get("licence"):
-                licence = _stricter_licence(licence, str(start["licence"]))
-                inherited = str(start.get("licence_note") or "")
-                own = "" if note and note in inherited else note  # a fine-tune of a model on the same data
-                note = (f"{how} {start.get('id') or start.get('path')} ({start['licence']}): "
-                        f"{inherited} {own}").replace("  ", " ").strip()
-                cites = list(dict.fromkeys([*start.get("citations", []), *cites]))
+                licence, note, cites = inherit_terms((licence, note, cites), start, how)
         split = None
         acdc = [s for part in ("train", "val") for s in (self.cfg["data"].get(part) or [])
                 if s.get("type") == "acdc" and s.get("split")]
@@ -1135,6 +1130,18 @@ def _training_data(base: str | None, types: set[str]) -> str:
     """'acdc, mnms' or, fine-tuned, 'base data + new data' (once, when the base saw the same sources)."""
     own = ", ".join(sorted(types))
     return own if not base or base == own or base.startswith(own + " +") else f"{base} + {own}"
+
+
+def inherit_terms(terms: tuple[str, str, list[str]], start: Mapping[str, Any], how: str
+                  ) -> tuple[str, str, list[str]]:
+    """(licence, note, citations) of weights trained from ``start`` (a base model or MAE: its card facts)."""
+    licence, note, cites = terms
+    inherited = str(start.get("licence_note") or "")
+    own = "" if note and note in inherited else note  # a fine-tune of a model on the same data says it once
+    note = (f"{how} {start.get('id') or start.get('path')} ({start['licence']}): {inherited} {own}"
+            ).replace("  ", " ").strip()
+    return (_stricter_licence(licence, str(start["licence"])), note,
+            list(dict.fromkeys([*start.get("citations", []), *cites])))
 
 
 def _stricter_licence(a: str, b: str) -> str:
