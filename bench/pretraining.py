@@ -133,7 +133,13 @@ def main() -> int:
                             "LVEF_mae_pct": r["LVEF_mae_pct"]})
             rows.append(row)
             print(json.dumps(row), flush=True)
-    (args.out / "results.json").write_text(json.dumps(rows, indent=2) + "\n")
+    # results.json holds every fraction measured so far: this run's rows replace the same (fraction, start)
+    results = args.out / "results.json"
+    earlier = json.loads(results.read_text()) if results.is_file() else []
+    done = {(r["fraction_pct"], r["init"]) for r in rows}
+    rows = sorted([r for r in earlier if (r["fraction_pct"], r["init"]) not in done] + rows,
+                  key=lambda r: (r["fraction_pct"], r["init"] != "scratch"))
+    results.write_text(json.dumps(rows, indent=2) + "\n")
     print("\n| labels | patients | init | val Dice (label-centred) | end-to-end Dice | LVEF MAE |")
     print("|---|---|---|---|---|---|")
     for r in rows:

@@ -125,13 +125,13 @@ class EpochBatchSampler:
         # into views; every epoch is cut to epoch 0's count (the loop's steps per epoch, the LR schedule
         # and --resume all rely on it), rounded up to a multiple of world_size.
         if self._n_batches is None:
-            n = len(self._group_batches(0, self._rng(0)))
+            n = len(self._group_batches(self._rng(0)))
             self._n_batches = n + (-n) % self.world_size
         return self._n_batches
 
     def epoch_batches(self, epoch: int) -> list[list[tuple[int, int]]]:
         rng = self._rng(epoch)
-        batches = self._group_batches(epoch, rng)
+        batches = self._group_batches(rng)
         want = self._batches_per_epoch()
         if len(batches) > want:
             batches = batches[:want]
@@ -141,9 +141,8 @@ class EpochBatchSampler:
             batches = batches[self.rank::self.world_size]
         return batches
 
-    def _group_batches(self, epoch: int, rng: np.random.Generator) -> list[list[tuple[int, int]]]:
+    def _group_batches(self, rng: np.random.Generator) -> list[list[tuple[int, int]]]:
         n = len(self.groups)
-        rng = np.random.default_rng([self.seed, int(epoch), 20240601])
         if self.samples_per_epoch:
             reps = -(-int(self.samples_per_epoch) // n)
             order = np.concatenate([rng.permutation(n) if self.shuffle else np.arange(n) for _ in range(reps)])

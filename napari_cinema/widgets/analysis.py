@@ -12,7 +12,6 @@ changes no layer.
 from __future__ import annotations
 
 import html
-
 import threading
 from typing import Any
 
