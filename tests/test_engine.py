@@ -31,6 +31,7 @@ from napari_cinema.engine import (
     set_cpu_bf16,
     soft_argmax,
 )
+from napari_cinema.engine.postprocess import blood_pool_labels, keep_largest_pieces
 from napari_cinema.engine.preprocess import AxisMap, Region, region_to_study, study_to_region
 from napari_cinema.engine.sliding import window_starts
 from napari_cinema.io.study import CineStudy
@@ -373,6 +374,41 @@ def test_progress_and_provenance():
     assert prov["device"] == "cpu" and prov["device_description"].startswith("CPU")
     assert prov["batch_frames"] == 2 and prov["precision"] == "fp32"
     assert set(prov["timings_s"]) >= {"preprocess_s", "model_s", "postprocess_s", "total_s"}
+
+
+def test_keep_largest_pieces_removes_stray_cavity_islands_only():
+    labels = np.zeros((2, 3, 20, 20), np.uint8)
+    labels[:, :, 4:10, 4:10] = 3  # the LV, in every slice
+    labels[0, 2, 15:17, 15:17] = 3  # a stray LV island in frame 0
+    labels[1, 0:2, :, :] = 0
+    labels[1, 1, 4:10, 4:10] = 3
+    labels[1, 0, 10:12, 10:12] = 3  # frame 1: meets the LV only across a slice corner (26-connected): kept
+    labels[:, 0, 0:2, 0:20] = 2  # two myocardium pieces: left alone
+    labels[:, 0, 18:20, 0:20] = 2
+    before = labels.copy()
+    assert blood_pool_labels({0: "background", 1: "RV", 2: "MYO", 3: "LV"}) == [1, 3]
+    removed = keep_largest_pieces(labels, [1, 3])
+    assert removed == 4
+    assert (labels[0, 2, 15:17, 15:17] == 0).all()
+    changed = labels != before
+    assert changed.sum() == 4 and changed[0].sum() == 4
+    with pytest.raises(ValueError, match="t, z, y, x"):
+        keep_largest_pieces(labels[0], [3])
+
+
+def test_segmentation_drops_a_false_cavity_away_from_the_heart():
+    study = make_study(nt=3, nz=6, ny=61, nx=53)
+    study.image[:, :, 2:6, 2:6] = 1.0  # LV-bright patch in a corner, far from the heart
+    cleaned = run_segmentation(study, BandNet("sax"), seg_spec(), device="cpu")
+    raw = run_segmentation(study, BandNet("sax"), seg_spec(), device="cpu", keep_largest=False)
+    assert (raw.labels[:, :, 3:5, 3:5] == 3).all()
+    assert not (cleaned.labels[:, :, :8, :8] == 3).any()
+    assert cleaned.provenance["cleanup"]["largest_piece_of"] == ["RV", "LV"]
+    assert cleaned.provenance["cleanup"]["voxels_removed"] == int((raw.labels != cleaned.labels).sum()) > 0
+    assert raw.provenance["cleanup"] == {"largest_piece_of": [], "voxels_removed": 0}
+    inside = np.ones(study.shape, bool)
+    inside[:, :, :8, :8] = False
+    assert (raw.labels[inside] == cleaned.labels[inside]).all()  # the heart itself is untouched
 
 
 def test_bf16_autocast_runs_on_cpu():
@@ -733,7 +769,8 @@ def test_phantom_study(overrides):
     study, _truth = phantom.make_phantom(frames=4, noise=0.0, coil_shading=0.0, **overrides)
     view = study.view
     net = BandNet(view, lut=(0, 0, 3, 3))  # bright blood pools vs everything else
-    result = run_segmentation(study, net, seg_spec(view), device="cpu")
+    # every bright pool is labelled 3 here, so the one-piece-per-cavity clean-up does not apply
+    result = run_segmentation(study, net, seg_spec(view), device="cpu", keep_largest=False)
     expected = np.where(expected_labels(study.image) >= 2, 3, 0).astype(np.uint8)
     assert result.labels.shape == study.shape
     assert dice(result.labels, expected, 3) > 0.95

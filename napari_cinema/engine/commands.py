@@ -96,6 +96,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
         result = run_segmentation(
             study, module, spec, device=args.device, batch_frames=args.batch_frames, progress=progress,
             view=args.view, centring=args.centring, precision=args.precision,
+            keep_largest=not args.keep_all_pieces,
         )
     except (EngineError, DeviceUnavailable, ModelUnavailable) as exc:
         return _fail("segment", str(exc))
@@ -130,6 +131,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--centring", choices=CENTRING_MODES, default="auto",
                    help="how to find the heart when the field of view exceeds the network input")
     p.add_argument("--precision", choices=PRECISIONS, default="auto")
+    p.add_argument("--keep-all-pieces", action="store_true",
+                   help="keep every connected piece of each cavity label (default: only the largest per frame)")
     p.add_argument("--json", action="store_true", help="print the provenance as JSON")
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
     p.set_defaults(handler=cmd_segment)

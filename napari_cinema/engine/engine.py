@@ -30,6 +30,7 @@ from .devices import (
     pick_device,
     precision_name,
 )
+from .postprocess import blood_pool_labels, keep_largest_pieces
 from .preprocess import (
     AxisMap,
     Region,
@@ -494,7 +495,7 @@ def run_segmentation(study, model, spec: ModelSpec | None = None, *, device: str
                      batch_frames: int | None = None, progress: ProgressFn | None = None,
                      cancel: CancelFn | None = None, view: str | None = None, centring: str = "auto",
                      centre_zyx: tuple[float, float, float] | None = None, precision: str = "auto",
-                     frames: list[int] | None = None) -> SegmentationResult:
+                     frames: list[int] | None = None, keep_largest: bool = True) -> SegmentationResult:
     """Segment every frame of ``study``; labels ``(t, z, y, x)`` uint8 on the study's own grid.
 
     Args:
@@ -515,6 +516,8 @@ def run_segmentation(study, model, spec: ModelSpec | None = None, *, device: str
         centre_zyx: an explicit crop centre in study voxels (z, y, x); skips the first pass.
         precision: 'auto' | 'fp32' | 'bf16' | 'fp16' (see :func:`~.devices.autocast_dtype`).
         frames: only these frames (others stay 0); default all.
+        keep_largest: keep only the largest connected piece of each blood pool (LV, RV, LA, RA) per
+            frame (:mod:`.postprocess`); False returns the network's labels as they are.
     """
     module, spec = resolve_model(model, spec)
     if spec.task != "segmentation":
@@ -533,6 +536,9 @@ def run_segmentation(study, model, spec: ModelSpec | None = None, *, device: str
         raise EngineError("no frames to segment")
     runner.total = len(frame_list)
     out_labels = np.zeros(study.shape, dtype=np.uint8)
+    names = {int(k): str(v) for k, v in (spec.label_map or {}).items()}
+    pools = blood_pool_labels(names) if keep_largest else []
+    stray_voxels = 0
 
     with torch.inference_mode():
         runner.check()
@@ -544,10 +550,11 @@ def run_segmentation(study, model, spec: ModelSpec | None = None, *, device: str
             t0 = time.perf_counter()
             p = region_to_study(probs, region, 0, bmats)
             lab = p.movedim(1, -1).contiguous().argmax(dim=-1).to(torch.uint8).permute(0, 3, 2, 1).cpu().numpy()
+            stray_voxels += keep_largest_pieces(lab, pools)
             out_labels[idx] = lab
             runner.timings["postprocess_s"] += time.perf_counter() - t0
-    prov = runner.provenance(study, study_view, info, {"frames": len(frame_list)})
-    names = {int(k): str(v) for k, v in (spec.label_map or {}).items()}
+    cleanup = {"largest_piece_of": [names[v] for v in pools], "voxels_removed": stray_voxels}
+    prov = runner.provenance(study, study_view, info, {"frames": len(frame_list), "cleanup": cleanup})
     return SegmentationResult(labels=out_labels, provenance=prov, label_names=names)
 
 
