@@ -556,6 +556,9 @@ def test_weights_started_from_keep_the_terms_of_their_origin(tmp_path: Path) -> 
     licence, note, cites = inherit_terms(terms, base, "Fine-tuned from")
     assert licence == "CC BY-NC-SA 4.0" and note.count(terms[1]) == 1 and cites == terms[2]
     assert note.startswith("Fine-tuned from default-sax-seg (CC BY-NC-SA 4.0): ")
+    # and a further stage of that fine-tune says where it came from once, not once per stage
+    again = inherit_terms(terms, {**base, "licence_note": note}, "Fine-tuned from")[1]
+    assert again == note and again.count("Fine-tuned from") == 1
     # phantom-only training from the ACDC MAE: the MAE's terms, then its own
     licence, note, _ = inherit_terms(licence_for({"phantom"}), facts, "Encoder pre-trained as")
     assert licence == "CC BY-NC-SA 4.0" and note.endswith("Synthetic training data only.")

@@ -1138,8 +1138,10 @@ def inherit_terms(terms: tuple[str, str, list[str]], start: Mapping[str, Any], h
     licence, note, cites = terms
     inherited = str(start.get("licence_note") or "")
     own = "" if note and note in inherited else note  # a fine-tune of a model on the same data says it once
-    note = (f"{how} {start.get('id') or start.get('path')} ({start['licence']}): {inherited} {own}"
-            ).replace("  ", " ").strip()
+    origin = f"{how} {start.get('id') or start.get('path')} ({start['licence']}):"
+    if inherited.startswith(origin):  # another stage of the same model: its origin is already said
+        origin = ""
+    note = f"{origin} {inherited} {own}".replace("  ", " ").strip()
     return (_stricter_licence(licence, str(start["licence"])), note,
             list(dict.fromkeys([*start.get("citations", []), *cites])))
 
