@@ -9,6 +9,7 @@ inverse mapping) is checked end to end.
 from __future__ import annotations
 
 import argparse
+import json
 
 import numpy as np
 import pytest
@@ -746,6 +747,12 @@ def test_segment_command_writes_labels_on_the_nifti_grid(tmp_path, monkeypatch, 
     monkeypatch.setattr(commands, "default_model_id", lambda task, view: f"default-{view}")
     args = parser.parse_args(["segment", str(src), "--out", str(out), "--view", "sax", "--quiet"])
     assert args.handler(args) == 0 and calls["id"] == "default-sax"
+    # the cavity clean-up is on unless asked off; the provenance says which
+    capsys.readouterr()
+    for flags, pools in (([], ["RV", "LV"]), (["--keep-all-pieces"], [])):
+        args = parser.parse_args(["segment", str(src), "--out", str(out), "--view", "sax", "--quiet", "--json", *flags])
+        assert args.handler(args) == 0
+        assert json.loads(capsys.readouterr().out)["cleanup"]["largest_piece_of"] == pools
 
 
 def test_dicom_round_trip(tmp_path):
