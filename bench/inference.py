@@ -11,8 +11,9 @@ Usage::
     python bench/inference.py                       # defaults: tiny,small; cpu; 30 frames x 10 slices
     python bench/inference.py --sizes tiny --devices cpu,cuda --frames 50
     python bench/inference.py --arch 3d --frames 4  # the published 3-D SAX geometry (192 x 192 x 16)
-    python bench/inference.py --model default-sax-seg --matrix 256 --pixel-mm 1.4 --repeats 3
-                                                    # the shipped default model (trained weights)
+    python bench/inference.py --model default-sax-seg --matrix 256 --pixel-mm 1.4 --repeats 3 --shift-passes 3,1
+                                                    # the shipped default model (trained weights), with the
+                                                    # engine's default 3 shifted passes and with 1
 
 Architectures: ``2d`` is a per-slice SAX ConvUNetR (128 x 128 input at 1.5 mm, slices of all frames
 batched together), ``3d`` the published SAX layout (192 x 192 x 16 at 1 x 1 x 10 mm, one volume per
@@ -32,6 +33,7 @@ import sys
 import tempfile
 import threading
 import time
+from itertools import product
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -129,7 +131,7 @@ def build(size: str, arch: str, dec_chans: list[int]):
     return model, ModelSpec.from_config(model.config, model_id=f"bench/{size}-{arch}"), count_parameters(model)
 
 
-def run_once(study, model, spec, device: str, batch_frames: int | None, precision: str) -> dict:
+def run_once(study, model, spec, device: str, batch_frames: int | None, precision: str, passes: int) -> dict:
     dev = pick_device(device)
     gc.collect()
     if dev.type == "cuda":
@@ -138,7 +140,8 @@ def run_once(study, model, spec, device: str, batch_frames: int | None, precisio
         torch.cuda.reset_peak_memory_stats(dev)
     with PeakRSS() as mem:
         t0 = time.perf_counter()
-        result = run_segmentation(study, model, spec, device=device, batch_frames=batch_frames, precision=precision)
+        result = run_segmentation(study, model, spec, device=device, batch_frames=batch_frames, precision=precision,
+                                  shift_passes=passes)
         elapsed = time.perf_counter() - t0
     return {
         "seconds": elapsed,
@@ -161,9 +164,10 @@ def worker(args) -> int:
         model, spec, n_params = build(args.size, args.arch, [int(c) for c in args.dec_chans.split(",")])
     # warm-up: one frame (allocator, kernels, lazy init) outside the timings
     run_segmentation(study, model, spec, device=args.device, frames=[0], batch_frames=1, precision=args.precision)
-    r = run_once(study, model, spec, args.device, args.batch_frames, args.precision)
+    passes = int(args.shift_passes)
+    r = run_once(study, model, spec, args.device, args.batch_frames, args.precision, passes)
     for _ in range(args.repeats - 1):  # best of N: the machine may be shared
-        again = run_once(study, model, spec, args.device, args.batch_frames, args.precision)
+        again = run_once(study, model, spec, args.device, args.batch_frames, args.precision, passes)
         r["rss_peak_mb"] = max(r["rss_peak_mb"], again["rss_peak_mb"])
         if again["seconds"] < r["seconds"]:
             r.update(seconds=again["seconds"], model_s=again["model_s"])
@@ -173,8 +177,10 @@ def worker(args) -> int:
     return 0
 
 
-def spawn(args, size: str, device: str, precision: str, batch_frames: int | None, labels_out: Path) -> dict:
+def spawn(args, size: str, device: str, precision: str, batch_frames: int | None, labels_out: Path,
+          passes: int) -> dict:
     cmd = [sys.executable, __file__, "--worker", "--size", size, "--device", device, "--precision", precision,
+           "--shift-passes", str(passes),
            "--frames", str(args.frames), "--slices", str(args.slices), "--matrix", str(args.matrix),
            "--pixel-mm", str(args.pixel_mm), "--arch", args.arch, "--dec-chans", args.dec_chans,
            "--labels-out", str(labels_out), "--repeats", str(args.repeats)]
@@ -203,6 +209,8 @@ def main(argv=None) -> int:
                    help="frames per forward pass of the 'batched' rows (an 'auto' row is added when the "
                         "engine's own choice differs from this and from 1)")
     p.add_argument("--precisions", default="fp32", help="fp32, bf16, auto; comma-separated")
+    p.add_argument("--shift-passes", default="3",
+                   help="the engine's shifted passes per input (run_segmentation shift_passes), comma-separated")
     p.add_argument("--no-loop", action="store_true", help="skip the per-frame loop comparison")
     p.add_argument("--repeats", type=int, default=1, help="timed runs per row; the fastest is reported")
     p.add_argument("--model", help="benchmark this registry model (e.g. default-sax-seg) instead of random-weight "
@@ -223,7 +231,7 @@ def main(argv=None) -> int:
           f"{args.pixel_mm} mm; {what}; "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads; each row in a fresh process, "
           f"best of {args.repeats}")
-    header = (f"{'model':<16} {'params':>7} {'device':<24} {'prec':<4} {'mode':<7} {'batch':>5} {'cine s':>7} "
+    header = (f"{'model':<16} {'params':>7} {'device':<24} {'prec':<4} {'pass':>4} {'mode':<7} {'batch':>5} {'cine s':>7} "
               f"{'s/frame':>7} {'model s':>7} {'RSS MB':>7} {'+RSS MB':>7} {'CUDA MB':>7} {'speed-up':>8}")
     print(header)
     print("-" * len(header))
@@ -236,7 +244,8 @@ def main(argv=None) -> int:
                 print(f"{device}: skipped ({exc})")
                 continue
             for size in [args.model] if args.model else args.sizes.split(","):
-                for precision in args.precisions.split(","):
+                for precision, passes in product(args.precisions.split(","),
+                                                 [int(n) for n in str(args.shift_passes).split(",")]):
                     spec = (load_registered(args.model)[1] if args.model else
                             ModelSpec.from_config(config(size, args.arch, [int(c) for c in args.dec_chans.split(",")])))
                     geometry = SimpleNamespace(shape=(args.frames, args.slices, args.matrix, args.matrix),
@@ -247,7 +256,7 @@ def main(argv=None) -> int:
                         modes.append(("loop", 1))
                     if auto not in (args.batch_frames, 1):
                         modes.append(("auto", None))
-                    rows = [(mode, spawn(args, size, device, precision, bf, Path(tmp) / f"{mode}.npy"))
+                    rows = [(mode, spawn(args, size, device, precision, bf, Path(tmp) / f"{mode}.npy", passes))
                             for mode, bf in modes]
                     base = dict(rows)["loop"]["seconds"] if not args.no_loop else None
                     for mode, r in rows:
@@ -255,7 +264,7 @@ def main(argv=None) -> int:
                         cuda = "-" if r["cuda_peak_mb"] is None else f"{r['cuda_peak_mb']:.0f}"
                         name = size if args.model else size + "-" + args.arch
                         print(f"{name[:16]:<16} {r['params'] / 1e6:>6.2f}M {r['device'][:24]:<24} "
-                              f"{r['precision']:<4} {mode:<7} {r['batch']:>5} {r['seconds']:>7.1f} "
+                              f"{r['precision']:<4} {passes:>4} {mode:<7} {r['batch']:>5} {r['seconds']:>7.1f} "
                               f"{r['seconds'] / args.frames:>7.3f} {r['model_s']:>7.1f} {r['rss_peak_mb']:>7.0f} "
                               f"{r['rss_rise_mb']:>7.0f} {cuda:>7} {ratio:>8}")
                     if not args.no_loop:

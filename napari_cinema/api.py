@@ -338,9 +338,13 @@ def _model_facts(loaded: Any) -> dict[str, Any]:
 def run_models(study: CineStudy, model_id: str, *, device: str = "auto", view: str | None = None,
                landmark_model_id: str | None = None, classification_model_id: str | None = None,
                regression_model_id: str | None = None, progress: ProgressFn | None = None,
-               cancel: CancelFn | None = None, batch_frames: int | None = None) -> CineResults:
+               cancel: CancelFn | None = None, batch_frames: int | None = None,
+               shift_passes: int = 3) -> CineResults:
     """Segment every frame of ``study`` with ``model_id`` and run the optional landmark (LAX),
     disease-classification and EF-regression models on the (ED, ES) pair of the segmentation.
+
+    ``shift_passes``: the segmentation's shifted, averaged network passes (engine.run_segmentation;
+    1 is fastest).
 
     ``progress(done, total, message)`` counts frames over all stages; ``cancel()`` returning True stops
     at the next batch (engine.Cancelled is raised; nothing is returned). Errors a user can fix raise
@@ -396,7 +400,8 @@ def run_models(study: CineStudy, model_id: str, *, device: str = "auto", view: s
         if role == "segmentation":
             if spec.task != "segmentation":
                 raise ModelNotAvailable(f"{mid} is a {spec.task} model, not a segmentation model")
-            results.segmentation = run_segmentation(study, module, spec, batch_frames=batch_frames, **common)
+            results.segmentation = run_segmentation(study, module, spec, batch_frames=batch_frames,
+                                                    shift_passes=shift_passes, **common)
             seg_labels = results.segmentation
         elif role == "landmarks":
             results.landmarks = run_landmarks(study, module, spec, batch_frames=batch_frames, **common)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -34,7 +35,7 @@ from napari_cinema.engine import (
 )
 from napari_cinema.engine.postprocess import blood_pool_labels, keep_largest_pieces
 from napari_cinema.engine.preprocess import AxisMap, Region, region_to_study, study_to_region
-from napari_cinema.engine.sliding import window_starts
+from napari_cinema.engine.sliding import phase_shifts, shift_averaged, window_starts
 from napari_cinema.io.study import CineStudy
 
 # --------------------------------------------------------------------------------------------------
@@ -149,6 +150,11 @@ def test_spec_from_published_configs(shared_spec):
         spec = ModelSpec.from_config(cfg)
         got = (spec.task, spec.view, spec.patch_size, spec.spacing, spec.out_chans)
         assert got == (task, view, patch, spacing, out)
+        assert spec.token_px == 16  # 4-pixel patches, then two conv stages that halve: the CineMA token
+    small = {"task": "segmentation", "data": {"sax": {"patch_size": [64, 64]}},
+             "model": {"name": "convunetr", "views": "sax",
+                       "convunetr": {"enc_patch_size": [2, 2, 1], "enc_scale_factor": [2, 2, 1], "enc_conv_chans": [8]}}}
+    assert ModelSpec.from_config(small).token_px == 4
     cls = ModelSpec.from_config(yaml.safe_load((shared_spec / "configs" / "cls_cvd_acdc_sax.yaml").read_text()))
     assert cls.classes == ("DCM", "HCM", "MINF", "NOR", "RV") and cls.n_frames == 2 and cls.input_channels == 2
     reg = ModelSpec.from_config(yaml.safe_load((shared_spec / "configs" / "reg_ef_acdc_sax.yaml").read_text()))
@@ -181,7 +187,7 @@ def test_spec_from_loaded_model_object():
 def test_round_trip_sax_smaller_than_patch_anisotropic():
     study = make_study(nt=3, nz=9, ny=61, nx=53, spacing=(30.0, 8.0, 1.7, 1.3))
     net = BandNet("sax")
-    result = run_segmentation(study, net, seg_spec(), device="cpu", batch_frames=3)
+    result = run_segmentation(study, net, seg_spec(), device="cpu", batch_frames=3, shift_passes=1)
     assert result.provenance["centring"]["method"] == "fov"
     assert net.calls == [(3, 1, 192, 192, 16)]  # all frames in one batch, padded to the network size
     assert_dice(result.labels, expected_labels(study.image))
@@ -282,7 +288,7 @@ def test_per_slice_sax_model_batches_slices():
     study = make_study(nt=3, nz=5, ny=80, nx=90, spacing=(30.0, 8.0, 1.5, 1.5))
     net = BandNet("sax")
     spec = seg_spec(patch=[128, 128], spacing=[1.25, 1.25])
-    result = run_segmentation(study, net, spec, device="cpu", batch_frames=2)
+    result = run_segmentation(study, net, spec, device="cpu", batch_frames=2, shift_passes=1)
     assert net.calls == [(10, 1, 128, 128), (5, 1, 128, 128)]  # frames x slices in the batch
     assert_dice(result.labels, expected_labels(study.image, per_slice=True))
 
@@ -312,8 +318,8 @@ def test_window_starts_cover_with_half_overlap():
 def test_batched_equals_per_frame_loop():
     study = make_study(nt=5, nz=6, ny=120, nx=140, spacing=(30.0, 8.0, 1.6, 1.4), centre_mm=(5.0, 15.0))
     batched_net, loop_net = BandNet("sax"), BandNet("sax")
-    batched = run_segmentation(study, batched_net, seg_spec(), device="cpu", batch_frames=5)
-    loop = run_segmentation(study, loop_net, seg_spec(), device="cpu", batch_frames=1)
+    batched = run_segmentation(study, batched_net, seg_spec(), device="cpu", batch_frames=5, shift_passes=1)
+    loop = run_segmentation(study, loop_net, seg_spec(), device="cpu", batch_frames=1, shift_passes=1)
     np.testing.assert_array_equal(batched.labels, loop.labels)
     # 224 mm field of view: a centring pass over 3 frames (2 windows wide), then the 5 frames
     assert [c[0] for c in batched_net.calls] == [3, 3, 5]
@@ -358,7 +364,7 @@ def test_auto_batch_size_and_out_of_memory_fallback():
             return super().forward(inputs)
 
     net = Greedy("sax")
-    result = run_segmentation(sax, net, seg_spec(), device="cpu", batch_frames=6)
+    result = run_segmentation(sax, net, seg_spec(), device="cpu", batch_frames=6, shift_passes=1)
     assert [c[0] for c in net.calls] == [3, 3]  # 6 frames ran out of memory: halved, kept halved
     assert result.provenance["batch_frames"] == 3 and "out of memory" in result.provenance["warnings"][0]
     assert_dice(result.labels, expected_labels(sax.image))
@@ -412,6 +418,41 @@ def test_segmentation_drops_a_false_cavity_away_from_the_heart():
     assert (raw.labels[inside] == cleaned.labels[inside]).all()  # the heart itself is untouched
 
 
+def test_phase_shifts_and_shift_averaging():
+    assert phase_shifts(16, 1) == [0] and phase_shifts(16, 2) == [0, 8]
+    assert phase_shifts(16, 3) == [0, 5, -5] and phase_shifts(16, 4) == [0, 4, -4, 8]
+    with pytest.raises(ValueError, match="at least 1"):
+        phase_shifts(16, 0)
+    x = torch.rand(2, 1, 12, 10, 3)
+    ramp = torch.arange(12.0).reshape(1, 1, 12, 1, 1)  # an output that depends on where the input sits
+
+    def predict(t):
+        return t + ramp
+
+    single = shift_averaged(predict, [0])
+    assert single is predict
+    averaged = shift_averaged(predict, [0, 2, -2])(x)
+    # each pass sees the input rolled by s and is rolled back: x is untouched, the ramp is averaged
+    expected = x + sum(torch.roll(ramp.expand(2, 1, 12, 10, 3), -s, dims=2) for s in (0, 2, -2)) / 3
+    torch.testing.assert_close(averaged, expected)
+    assert not torch.allclose(averaged, predict(x))
+    pointwise = shift_averaged(torch.sigmoid, [0, 5, -5])  # a position-blind network: passes change nothing
+    torch.testing.assert_close(pointwise(x), torch.sigmoid(x))
+
+
+def test_shift_passes_are_averaged_and_recorded():
+    study = make_study(nt=2, nz=4)
+    default = run_segmentation(study, BandNet("sax"), seg_spec(), device="cpu")
+    single = run_segmentation(study, BandNet("sax"), seg_spec(), device="cpu", shift_passes=1)
+    assert default.provenance["shift_passes_px"] == [0, 5, -5]
+    assert single.provenance["shift_passes_px"] == [0]
+    np.testing.assert_array_equal(default.labels, single.labels)  # BandNet is pointwise
+    two = run_segmentation(study, BandNet("sax"), replace(seg_spec(), token_px=8), device="cpu", shift_passes=2)
+    assert two.provenance["shift_passes_px"] == [0, 4]
+    with pytest.raises(EngineError, match="shift_passes"):
+        run_segmentation(study, BandNet("sax"), seg_spec(), device="cpu", shift_passes=0)
+
+
 def test_bf16_autocast_runs_on_cpu():
     study = make_study(nt=2, nz=4, ny=60, nx=60)
     result = run_segmentation(study, BandNet("sax"), seg_spec(), device="cpu", precision="bf16")
@@ -432,7 +473,7 @@ def test_cancel_midway_raises_and_returns_nothing():
         result = run_segmentation(study, net, seg_spec(), device="cpu", batch_frames=2,
                                   progress=lambda d, t, m: seen.append(d), cancel=cancel)
     assert result is None
-    assert len(net.calls) == 1 and seen == [2]
+    assert len(net.calls) == 3 and seen == [2]  # one chunk of 2 frames (3 shifted passes), no more
 
 
 def test_cancel_by_raising():
@@ -749,10 +790,14 @@ def test_segment_command_writes_labels_on_the_nifti_grid(tmp_path, monkeypatch, 
     assert args.handler(args) == 0 and calls["id"] == "default-sax"
     # the cavity clean-up is on unless asked off; the provenance says which
     capsys.readouterr()
-    for flags, pools in (([], ["RV", "LV"]), (["--keep-all-pieces"], [])):
+    for flags, pools, shifts in (([], ["RV", "LV"], [0, 5, -5]), (["--keep-all-pieces", "--shift-passes", "1"], [], [0])):
         args = parser.parse_args(["segment", str(src), "--out", str(out), "--view", "sax", "--quiet", "--json", *flags])
         assert args.handler(args) == 0
-        assert json.loads(capsys.readouterr().out)["cleanup"]["largest_piece_of"] == pools
+        prov = json.loads(capsys.readouterr().out)
+        assert prov["cleanup"]["largest_piece_of"] == pools and prov["shift_passes_px"] == shifts
+    args = parser.parse_args(["segment", str(src), "--out", str(out), "--view", "sax", "--shift-passes", "0"])
+    assert args.handler(args) == 2
+    assert "shift_passes must be at least 1" in capsys.readouterr().err
 
 
 def test_dicom_round_trip(tmp_path):

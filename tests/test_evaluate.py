@@ -120,6 +120,14 @@ def test_cli_with_a_model_file_and_run_folder(tmp_path: Path, phantom_pair: Path
     assert DESIGN_FIELDS <= set(res) and res["task"] == "segmentation" and res["n_cases"] == 1
     assert set(res["dice"]) == {"LV", "MYO", "RV", "mean"} and set(res["hd95_mm"]) == {"LV", "MYO", "RV", "mean"}
     assert res["model"]["sha256"] and "wrote" in capsys.readouterr().out
+    assert res["model"]["shift_passes"] == 3  # as the app segments
+    single = tmp_path / "single.json"
+    rc = commands.main(["evaluate", str(phantom_pair), "--out", str(single), "--model", str(tmp_path / "run"),
+                        "--device", "cpu", "--quiet", "--shift-passes", "1"])
+    assert rc == 0 and json.loads(single.read_text())["model"]["shift_passes"] == 1
+    assert commands.main(["evaluate", str(phantom_pair), "--out", str(out), "--model", str(tmp_path / "run"),
+                          "--shift-passes", "0"]) == 2
+    assert "shift_passes must be at least 1" in capsys.readouterr().err
     assert commands.main(["evaluate", str(phantom_pair), "--out", str(out), "--model", "no/such-model"]) == 2
 
 

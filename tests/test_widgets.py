@@ -195,6 +195,7 @@ def test_run_sax_labels_curves_marker_and_manual_ed_es(make_napari_viewer, qtbot
     assert tuple(labels.axis_labels) == ("t", "z", "y", "x")
     assert [str(u) for u in labels.units] == [str(u) for u in image.units]
     assert labels.metadata["provenance"]["model_id"] == "test/tiny-sax-seg"
+    assert labels.metadata["provenance"]["shift_passes_px"] == [0, 5, -5]  # the dock's default
     assert labels.metadata["label_names"] == {0: "background", 1: "RV", 2: "MYO", 3: "LV"}
     assert labels.metadata["cinema_result"]["of"] == str(image.unique_id)
     assert {1, 3} <= set(np.unique(labels.data).tolist())
@@ -260,8 +261,13 @@ def test_run_sax_labels_curves_marker_and_manual_ed_es(make_napari_viewer, qtbot
     assert api.has_unsaved_edits(labels)
     assert analysis.run() is None and "not saved" in analysis.status_text()
     assert analysis.labels_layer.metadata.get("edited") is True
+    analysis.more_button.click()
+    assert not analysis.extras.isHidden() and "3 shifted passes" in analysis.more_button.toolTip()
+    analysis.shift_check.setChecked(False)  # the fast single pass
+    assert "1 pass" in analysis.more_button.toolTip()
     assert run_and_wait(qtbot, analysis) == "ok"
     assert same(analysis.labels_layer, labels) and len(viewer.layers) == count
+    assert labels.metadata["provenance"]["shift_passes_px"] == [0]
     assert labels.metadata.get("edited") is False and "created" in labels.metadata["provenance"]
     assert labels.metadata["provenance"]["created"] >= created
     rerun = labels.metadata["cinema_original"]  # replaced by the new run's output

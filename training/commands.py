@@ -160,7 +160,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     try:
         result = evaluate(args.dataset, model=args.model, labels=args.labels, device=args.device,
-                          split=args.split, progress=progress)
+                          split=args.split, progress=progress, shift_passes=args.shift_passes)
     except (EvaluationError, ValueError, OSError, RuntimeError) as exc:
         return _fail("evaluate", str(exc))
     out = write_json(args.out, result)
@@ -218,6 +218,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--split", choices=["all", "train", "val"], default="all",
                    help="ACDC: only this part of the fixed split (training/splits/acdc.json)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto")
+    p.add_argument("--shift-passes", type=int, default=3, metavar="N",
+                   help="segmentation passes at shifted token-grid phases, averaged (default 3, as the app; 1: single)")
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
     p.set_defaults(handler=cmd_evaluate)
 

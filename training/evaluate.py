@@ -208,12 +208,13 @@ def _study(rec: CaseRecord) -> CineStudy:
                      ed_frame=rec.ed_frame, es_frame=rec.es_frame)
 
 
-def segment_with(loaded, device: str = "auto") -> Callable[[CaseRecord], np.ndarray]:
+def segment_with(loaded, device: str = "auto", shift_passes: int = 3) -> Callable[[CaseRecord], np.ndarray]:
     """A ``predict(record) -> labels (t, z, y, x)`` running the engine on the labelled frames."""
     from napari_cinema.engine import run_segmentation
 
     def predict(rec: CaseRecord) -> np.ndarray:
-        res = run_segmentation(_study(rec), loaded, device=device, frames=list(rec.labelled_frames), view=rec.view)
+        res = run_segmentation(_study(rec), loaded, device=device, frames=list(rec.labelled_frames), view=rec.view,
+                               shift_passes=shift_passes)
         return res.labels
 
     return predict
@@ -334,14 +335,18 @@ def aggregate(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
 
 def evaluate(dataset: str | Path, *, model: str | None = None, labels: str | None = None, device: str = "auto",
              split: str = "all", predict: Callable[[CaseRecord], np.ndarray] | None = None,
-             progress: Callable[[int, int, str], None] | None = None) -> dict[str, Any]:
+             progress: Callable[[int, int, str], None] | None = None, shift_passes: int = 3) -> dict[str, Any]:
     """Evaluate a model (registry id, run folder, weights file) or ``predict`` on a labelled dataset.
+
+    ``shift_passes`` is the segmentation engine's setting (3, as the app runs it; 1 for single passes).
 
     Without ``model`` and ``predict``: a correction store is scored as its stored model output
     ('original') against the corrections ('final'); other datasets use the registry's default model
     for their view.
     """
     t0 = time.perf_counter()
+    if int(shift_passes) < 1:
+        raise EvaluationError(f"shift_passes must be at least 1, got {shift_passes}")
     # the model first: its view picks the records of a multi-view dataset (M&Ms-2)
     loaded = _load_or_fail(model) if predict is None and model is not None else None
     view = "lax_4c" if loaded is not None and "lax_4c" in tuple(loaded.views) else "sax"
@@ -376,7 +381,8 @@ def evaluate(dataset: str | Path, *, model: str | None = None, labels: str | Non
             task = loaded.task
             model_info = loaded.provenance()
             if task == "segmentation":
-                predict = segment_with(loaded, device)
+                predict = segment_with(loaded, device, shift_passes)
+                model_info["shift_passes"] = int(shift_passes)
     result: dict[str, Any] = {"dataset": str(dataset), "layout": layout, "task": task, "model": model_info}
     rows: list[dict[str, Any]] = []
     if predict is not None:

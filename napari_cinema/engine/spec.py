@@ -42,6 +42,17 @@ def _get(obj: Any, key: str, default: Any = None) -> Any:
     return getattr(obj, key, default)
 
 
+def _token_px(model: Mapping[str, Any], name: str) -> int:
+    """In-plane input pixels per ViT token: the first conv stride times each conv stage's scale
+    (the CineMA defaults, 4 x 2 x 2 = 16, where the config leaves them out)."""
+    sub = _get(model, name) if name else None
+    sub = sub if isinstance(sub, Mapping) else model
+    patch = _get(sub, "enc_patch_size") or _get(sub, "patch_size") or [4]
+    scale = _get(sub, "enc_scale_factor") or _get(sub, "scale_factor") or [2]
+    n_conv = len(_get(sub, "enc_conv_chans") or [64, 128])
+    return int(patch[0]) * int(scale[0]) ** n_conv
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     """Inference contract of one network for one view.
@@ -50,7 +61,8 @@ class ModelSpec:
     network's dimensionality (2: each slice is an input, 3: each frame volume is an input).
     ``intensity_scope``: 'input' scales each network input to [0, 1] (the reference: a slice for 2-D
     models, a volume for 3-D ones, both frames together for ED/ES pairs); 'volume' scales each
-    frame's whole volume (for per-slice models trained that way).
+    frame's whole volume (for per-slice models trained that way). ``token_px``: input pixels per
+    ViT token in plane (the grid that shifted passes of :func:`run_segmentation` straddle).
     """
 
     task: str
@@ -69,6 +81,7 @@ class ModelSpec:
     label_map: Mapping[int, str] | None = None
     landmark_names: tuple[str, ...] = LANDMARK_NAMES
     intensity_scope: str = "input"
+    token_px: int = 16
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -86,6 +99,8 @@ class ModelSpec:
             raise ValueError(f"spacing {self.spacing} and patch_size {self.patch_size} must be positive")
         if view_group(self.view) == "lax" and len(self.patch_size) != 2:
             raise ValueError(f"{self.view} models are 2-D; got patch_size {self.patch_size}")
+        if int(self.token_px) < 1:
+            raise ValueError(f"token_px must be positive, got {self.token_px}")
         if self.intensity_scope not in ("input", "volume"):
             raise ValueError(f"intensity_scope must be 'input' or 'volume', got {self.intensity_scope!r}")
         if self.classes is not None:
@@ -195,7 +210,7 @@ class ModelSpec:
             out_chans=int(out), n_frames=n_frames, classes=classes,
             regression_target=None if reg_col is None else str(reg_col),
             regression_mean=reg_mean, regression_std=reg_std, model_id=model_id, sha256=sha256,
-            intensity_scope=scope,
+            intensity_scope=scope, token_px=_token_px(model, name),
         )
 
     @classmethod

