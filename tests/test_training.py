@@ -461,11 +461,11 @@ def test_other_tasks_train_a_few_steps(tmp_path: Path) -> None:
     mcfg = yaml.safe_load((lm.run_dir / "config.yaml").read_text())
     assert mcfg["data"]["name"] == "landmark" and mcfg["data"]["landmark_names"] == ["mv_1", "mv_2", "apex"]
 
-    ef = run("ef", task="regression",
-             data={"sax": {"patch_size": [32, 32, 8], "spacing": [4.0, 4.0, 10.0]}, "regression_column": "ef",
-                   "train": [dict(type="phantom", view="sax", n=4, **PH)],
-                   "val": [dict(type="phantom", view="sax", n=2, seed=50, **PH)]},
-             model={"name": "convvit", "views": "sax", "n_frames": 2, "convvit": TINY_VIT})
+    ef_data = {"sax": {"patch_size": [32, 32, 8], "spacing": [4.0, 4.0, 10.0]}, "regression_column": "ef",
+               "train": [dict(type="phantom", view="sax", n=4, **PH)],
+               "val": [dict(type="phantom", view="sax", n=2, seed=50, **PH)]}
+    ef_model = {"name": "convvit", "views": "sax", "n_frames": 2, "convvit": TINY_VIT}
+    ef = run("ef", task="regression", data=ef_data, model=ef_model)
     stats = yaml.safe_load((ef.run_dir / "config.yaml").read_text())["data"]["ef"]
     assert stats["std"] > 0 and 20 < stats["mean"] < 80 and ef.monitor == "val_mae"
 
@@ -490,6 +490,26 @@ def test_other_tasks_train_a_few_steps(tmp_path: Path) -> None:
                     "train": [src], "val": [src]},
               model={"name": "convvit", "views": "sax", "n_frames": 2, "convvit": TINY_VIT})
     assert yaml.safe_load((cls.run_dir / "config.yaml").read_text())["data"]["target"] == ["normal", "reduced"]
+    # a regressor started from the classifier's encoder: the encoder is copied, the head starts fresh
+    from napari_cinema.model.factory import build_model
+    from napari_cinema.training.config import ConfigError
+    from napari_cinema.training.loop import ENCODER_PREFIXES, load_encoder_weights
+
+    cls_weights = weights_of(cls.run_dir / "model.safetensors")
+    reg = build_model(yaml.safe_load((ef.run_dir / "config.yaml").read_text()))
+    head_before = {k: v.clone() for k, v in reg.state_dict().items() if not k.startswith(ENCODER_PREFIXES)}
+    n = load_encoder_weights(reg, cls.run_dir / "model.safetensors")
+    after = reg.state_dict()
+    assert n == sum(k.startswith(ENCODER_PREFIXES) for k in after) > 0
+    assert all(torch.equal(after[k], cls_weights[k]) for k in after if k.startswith(ENCODER_PREFIXES))
+    assert all(torch.equal(after[k], v) for k, v in head_before.items())
+    with pytest.raises(ConfigError, match="does not hold this model's encoder"):
+        load_encoder_weights(build_model(tiny()), cls.run_dir / "model.safetensors")  # a 2-D ConvUNetR
+    ef_cls = run("ef_from_cls", task="regression", data=ef_data, model=ef_model,
+                 init={"weights": str(cls.run_dir / "model.safetensors"), "encoder_only": True})
+    assert events(ef_cls.run_dir)[0]["pretrained"] is True
+    with pytest.raises(ConfigError, match="needs init.weights"):
+        run("no_weights", task="regression", data=ef_data, model=ef_model, init={"encoder_only": True})
     # the EF model scores through the engine on a labelled study folder (EF from the labels)
     from napari_cinema.training.evaluate import evaluate
 

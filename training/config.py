@@ -59,7 +59,8 @@ TASK_MODEL = {"segmentation": "convunetr", "landmark_heatmap": "convunetr", "reg
 DEFAULTS: dict[str, Any] = {
     "seed": 0,
     "grad_ckpt": False,
-    "init": {"mae": None, "weights": None, "freeze_encoder": False},
+    # encoder_only: take only the encoder of init.weights (a regressor started from a classifier)
+    "init": {"mae": None, "weights": None, "freeze_encoder": False, "encoder_only": False},
     "optim": {
         "lr": 3.0e-4,
         "min_lr": 1.0e-6,

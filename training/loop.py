@@ -25,7 +25,8 @@ only on its own seed; the state file holds the torch / numpy / python RNG states
 scheduler, and the position inside the epoch. A run interrupted after k steps and resumed ends with
 the same weights, bit for bit, as an uninterrupted run (CPU, fixed seed, same number of workers).
 
-Fine-tuning (``init.weights``): ``init.freeze_encoder`` freezes the encoder (conv stem + ViT), and
+Fine-tuning (``init.weights``): ``init.encoder_only`` takes only the encoder of those weights (another
+task's model: its head and decoder start fresh), ``init.freeze_encoder`` freezes the encoder, and
 ``train.val_at_start`` validates the initial weights before the first step (a ``baseline`` event; the
 card gets a before/after table). The baseline runs on fresh runs only, with every RNG state saved and
 restored around it, so it changes neither the training nor an exact resume.
@@ -81,6 +82,7 @@ __all__ = [
     "TrainingError",
     "find_run_dir",
     "freeze_encoder",
+    "load_encoder_weights",
     "load_last_checkpoint",
     "param_groups",
     "train",
@@ -214,6 +216,28 @@ def freeze_encoder(model: nn.Module) -> int:
             p.requires_grad_(False)
             n += 1
     return n
+
+
+def load_encoder_weights(model: nn.Module, path: Path) -> int:
+    """Load only the encoder tensors (conv stem, ViT, view fusion) of ``path`` into ``model``; the rest
+    of ``model`` keeps its fresh initialisation. Every encoder tensor of ``model`` must be in the file
+    with its shape (same architecture and views), else a ConfigError says which are not."""
+    from safetensors.torch import load_file
+
+    try:
+        file_sd = load_file(str(path))
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"init.weights {path}: {exc}") from None
+    wanted = {k: v for k, v in model.state_dict().items() if k.startswith(ENCODER_PREFIXES)}
+    if not wanted:
+        raise ConfigError(f"init.encoder_only: the {type(model).__name__} has no encoder tensors to load")
+    bad = [k for k, v in wanted.items() if k not in file_sd or tuple(file_sd[k].shape) != tuple(v.shape)]
+    if bad:
+        raise ConfigError(f"init.encoder_only: {path} does not hold this model's encoder ({len(bad)} of "
+                          f"{len(wanted)} tensors missing or of another shape, e.g. {bad[:3]}): the encoder "
+                          "sizes, views and input channels must match")
+    model.load_state_dict({k: file_sd[k] for k in wanted}, strict=False)
+    return len(wanted)
 
 
 def lr_lambda_factory(total_steps: int, warmup_steps: int, min_ratio: float) -> Callable[[int], float]:
@@ -622,12 +646,19 @@ class Trainer:
                 raise ConfigError(f"init.mae {path}: {exc}") from None
             pretrained = True
             self.mae_from = _weights_facts(path, info)
+        if init.get("encoder_only") and not init.get("weights"):
+            raise ConfigError("init.encoder_only needs init.weights (the model whose encoder to take)")
         if init.get("weights"):
             ref = str(init["weights"])
             path, info = self._resolve_weights_info(ref)
-            load_weights(model, path, strict=True)
+            if init.get("encoder_only"):
+                n_loaded = load_encoder_weights(model, path)
+            else:
+                load_weights(model, path, strict=True)
             pretrained = True
             self.init_from = _weights_facts(path, info)
+            if init.get("encoder_only"):
+                self.init_from["encoder_only_tensors"] = n_loaded
             if init.get("freeze_encoder"):
                 n = freeze_encoder(model)
                 if n == 0:
