@@ -226,8 +226,10 @@ def test_finetune_from_the_dock_stop_resume_and_use_the_new_model(make_napari_vi
 
     store = _phantom_store(tmp_path / "store")
     before = {p: p.stat().st_mtime_ns for p in store.root.rglob("*") if p.is_file()}
+    assert dock.set_base_model("test/tiny-lax4c-seg")  # a base of another view ...
     dock.set_store(store.root)
     assert "2 studies" in dock.store_summary.text()
+    assert dock.base_combo.currentData() == "test/tiny-sax-seg"  # ... gives way to the store's view's default
     dock.epochs_spin.setValue(4)
     dock.batch_spin.setValue(2)
     dock.samples_spin.setValue(24)

@@ -364,6 +364,20 @@ class FinetuneWidget(QWidget):
         self.store_summary.setText(f"{studies}, {frames} corrected frame{'' if frames == 1 else 's'}"
                                    + (f" ({', '.join(views)})" if views else "") if entries else
                                    "no corrections stored yet")
+        if len(views) == 1:
+            self._match_base_to_view(views[0])
+
+    def _match_base_to_view(self, view: str) -> None:
+        """A base model that cannot segment the store's view is swapped for the default one of that view
+        (a 4-chamber model listed first must not be the base for short-axis corrections)."""
+        from napari_cinema import api
+
+        views_of = {info.id: tuple(info.views) for info in api.list_models(api.SEGMENTATION_TASKS)}
+        if view in views_of.get(self.base_combo.currentData(), ()):
+            return
+        default = api.default_model_id(api.SEGMENTATION_TASKS, view)
+        if default is not None:
+            self.set_base_model(default)
 
     def _browse_store(self) -> None:
         path = QFileDialog.getExistingDirectory(self, "Correction store", self.store_edit.text())
