@@ -263,6 +263,7 @@ def test_run_sax_labels_curves_marker_and_manual_ed_es(make_napari_viewer, qtbot
     assert analysis.labels_layer.metadata.get("edited") is True
     analysis.more_button.click()
     assert not analysis.extras.isHidden() and "3 shifted passes" in analysis.more_button.toolTip()
+    assert analysis.more_button.text().startswith("More") and "1 models" not in analysis.more_button.text()
     analysis.shift_check.setChecked(False)  # the fast single pass
     assert "1 pass" in analysis.more_button.toolTip()
     assert run_and_wait(qtbot, analysis) == "ok"

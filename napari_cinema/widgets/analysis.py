@@ -471,7 +471,8 @@ class AnalysisWidget(QWidget):
         roles = ["classification", "regression"] + (["landmarks"] if self.view() in api.LAX_VIEWS else [])
         chosen = [ROLE_WORDS[r].split()[0] for r in roles if self.model_id(r) is not None]
         arrow = "▾" if self.more_button.isChecked() else "▸"
-        self.more_button.setText(("More" + (f" ({len(chosen)} models)" if chosen else "")) + f" {arrow}")
+        count = f" ({len(chosen)} model{'s' if len(chosen) > 1 else ''})" if chosen else ""
+        self.more_button.setText(f"More{count} {arrow}")
         passes = "3 shifted passes" if self.shift_check.isChecked() else "1 pass"
         self.more_button.setToolTip("Models run after the segmentation: " + (", ".join(chosen) or "none chosen")
                                     + f"; segmentation: {passes}")
