@@ -1,9 +1,10 @@
 """Benchmark the inference engine: full-cine segmentation latency and peak memory.
 
-For each model size x device x precision, a 30-frame, 10-slice SAX phantom is segmented by the engine
-with frames batched (``--batch-frames``, default 6 frames per forward pass) and as a
-per-frame loop (``batch_frames=1``), in the same run, so the speed-up ratio compares like with like; a
-third row shows the engine's own choice (``batch_frames=None``) when it differs from both.
+For each model size x device x precision x number of shifted passes (``--shift-passes``), a 30-frame,
+10-slice SAX phantom is segmented by the engine with frames batched (``--batch-frames``, default 6
+frames per forward pass) and as a per-frame loop (``batch_frames=1``), in the same run, so the
+speed-up ratio compares like with like; a third row shows the engine's own choice
+(``batch_frames=None``) when it differs from both.
 Models are built with random weights through ``napari_cinema.model.factory.build_model``.
 
 Usage::

@@ -339,11 +339,11 @@ def run_models(study: CineStudy, model_id: str, *, device: str = "auto", view: s
                landmark_model_id: str | None = None, classification_model_id: str | None = None,
                regression_model_id: str | None = None, progress: ProgressFn | None = None,
                cancel: CancelFn | None = None, batch_frames: int | None = None,
-               shift_passes: int = 3) -> CineResults:
+               shift_passes: int | None = None) -> CineResults:
     """Segment every frame of ``study`` with ``model_id`` and run the optional landmark (LAX),
     disease-classification and EF-regression models on the (ED, ES) pair of the segmentation.
 
-    ``shift_passes``: the segmentation's shifted, averaged network passes (engine.run_segmentation;
+    ``shift_passes``: the segmentation's shifted, averaged network passes (None: the engine's default;
     1 is fastest).
 
     ``progress(done, total, message)`` counts frames over all stages; ``cancel()`` returning True stops
@@ -400,8 +400,9 @@ def run_models(study: CineStudy, model_id: str, *, device: str = "auto", view: s
         if role == "segmentation":
             if spec.task != "segmentation":
                 raise ModelNotAvailable(f"{mid} is a {spec.task} model, not a segmentation model")
+            passes = {} if shift_passes is None else {"shift_passes": shift_passes}
             results.segmentation = run_segmentation(study, module, spec, batch_frames=batch_frames,
-                                                    shift_passes=shift_passes, **common)
+                                                    **passes, **common)
             seg_labels = results.segmentation
         elif role == "landmarks":
             results.landmarks = run_landmarks(study, module, spec, batch_frames=batch_frames, **common)

@@ -17,7 +17,7 @@ from napari_cinema.model import registry
 from napari_cinema.model.checkpoint import sha256_file
 
 BUNDLED = sorted(p for p in registry.bundled_models_dir().iterdir() if (p / "model.safetensors").exists())
-# the default models that ship, by task and view (no EF-regression model ships: see the README)
+# the default models that ship, by task and view
 SHIPPED_DEFAULTS = [("segmentation", "sax"), ("segmentation", "lax_4c"), ("landmark_heatmap", "lax_4c"),
                     ("classification_cvd", "sax"), ("regression_ef", "sax"), ("pretrained", "sax")]
 

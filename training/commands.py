@@ -218,8 +218,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--split", choices=["all", "train", "val"], default="all",
                    help="ACDC: only this part of the fixed split (training/splits/acdc.json)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto")
-    p.add_argument("--shift-passes", type=int, default=3, metavar="N",
-                   help="segmentation passes at shifted token-grid phases, averaged (default 3, as the app; 1: single)")
+    p.add_argument("--shift-passes", type=int, metavar="N",
+                   help="segmentation passes at shifted token-grid phases, averaged (default: the engine's, as "
+                        "the app runs it; 1: a single pass)")
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
     p.set_defaults(handler=cmd_evaluate)
 

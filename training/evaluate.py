@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from napari_cinema.engine.sliding import DEFAULT_SHIFT_PASSES
 from napari_cinema.io.labels import CONVENTIONS, LV, MYO, RV, from_internal, to_internal
 from napari_cinema.io.study import CineStudy
 
@@ -208,7 +209,8 @@ def _study(rec: CaseRecord) -> CineStudy:
                      ed_frame=rec.ed_frame, es_frame=rec.es_frame)
 
 
-def segment_with(loaded, device: str = "auto", shift_passes: int = 3) -> Callable[[CaseRecord], np.ndarray]:
+def segment_with(loaded, device: str = "auto",
+                 shift_passes: int = DEFAULT_SHIFT_PASSES) -> Callable[[CaseRecord], np.ndarray]:
     """A ``predict(record) -> labels (t, z, y, x)`` running the engine on the labelled frames."""
     from napari_cinema.engine import run_segmentation
 
@@ -335,17 +337,20 @@ def aggregate(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
 
 def evaluate(dataset: str | Path, *, model: str | None = None, labels: str | None = None, device: str = "auto",
              split: str = "all", predict: Callable[[CaseRecord], np.ndarray] | None = None,
-             progress: Callable[[int, int, str], None] | None = None, shift_passes: int = 3) -> dict[str, Any]:
+             progress: Callable[[int, int, str], None] | None = None,
+             shift_passes: int | None = None) -> dict[str, Any]:
     """Evaluate a model (registry id, run folder, weights file) or ``predict`` on a labelled dataset.
 
-    ``shift_passes`` is the segmentation engine's setting (3, as the app runs it; 1 for single passes).
+    ``shift_passes`` is the segmentation engine's setting (None: its default, as the app runs it; 1 for
+    single passes).
 
     Without ``model`` and ``predict``: a correction store is scored as its stored model output
     ('original') against the corrections ('final'); other datasets use the registry's default model
     for their view.
     """
     t0 = time.perf_counter()
-    if int(shift_passes) < 1:
+    shift_passes = DEFAULT_SHIFT_PASSES if shift_passes is None else int(shift_passes)
+    if shift_passes < 1:
         raise EvaluationError(f"shift_passes must be at least 1, got {shift_passes}")
     # the model first: its view picks the records of a multi-view dataset (M&Ms-2)
     loaded = _load_or_fail(model) if predict is None and model is not None else None

@@ -33,10 +33,12 @@ from .engine import (
     run_segmentation,
     soft_argmax,
 )
+from .sliding import DEFAULT_SHIFT_PASSES
 from .spec import LANDMARK_NAMES, TASKS, ModelSpec, resolve_model
 
 __all__ = [
     "Cancelled",
+    "DEFAULT_SHIFT_PASSES",
     "ClassificationResult",
     "DeviceUnavailable",
     "EngineError",

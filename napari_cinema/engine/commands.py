@@ -16,6 +16,7 @@ from typing import Any
 
 from .devices import DEVICE_CHOICES, PRECISIONS, DeviceUnavailable
 from .engine import CENTRING_MODES, Cancelled, EngineError, run_segmentation
+from .sliding import DEFAULT_SHIFT_PASSES
 from .spec import ModelSpec, resolve_model
 
 STUDY_VIEWS = ("sax", "lax_2c", "lax_3c", "lax_4c")
@@ -133,9 +134,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--precision", choices=PRECISIONS, default="auto")
     p.add_argument("--keep-all-pieces", action="store_true",
                    help="keep every connected piece of each cavity label (default: only the largest per frame)")
-    p.add_argument("--shift-passes", type=int, default=3, metavar="N",
-                   help="network passes per input at shifted token-grid phases, averaged (default 3; 1 is "
-                        "fastest, about 2.5x less model time, slightly less accurate)")
+    p.add_argument("--shift-passes", type=int, default=DEFAULT_SHIFT_PASSES, metavar="N",
+                   help=f"network passes per input at shifted token-grid phases, averaged (default "
+                        f"{DEFAULT_SHIFT_PASSES}; 1 is fastest, about 3x less model time, slightly less accurate)")
     p.add_argument("--json", action="store_true", help="print the provenance as JSON")
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
     p.set_defaults(handler=cmd_segment)

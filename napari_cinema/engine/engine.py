@@ -43,7 +43,7 @@ from .preprocess import (
     study_frames_tensor,
     study_to_region,
 )
-from .sliding import phase_shifts, shift_averaged, sliding_dense, sliding_vector, windows
+from .sliding import DEFAULT_SHIFT_PASSES, phase_shifts, shift_averaged, sliding_dense, sliding_vector, windows
 from .spec import LANDMARK_NAMES, ModelSpec, resolve_model, view_group
 
 ProgressFn = Callable[[int, int, str], None]
@@ -497,7 +497,7 @@ def run_segmentation(study, model, spec: ModelSpec | None = None, *, device: str
                      cancel: CancelFn | None = None, view: str | None = None, centring: str = "auto",
                      centre_zyx: tuple[float, float, float] | None = None, precision: str = "auto",
                      frames: list[int] | None = None, keep_largest: bool = True,
-                     shift_passes: int = 3) -> SegmentationResult:
+                     shift_passes: int = DEFAULT_SHIFT_PASSES) -> SegmentationResult:
     """Segment every frame of ``study``; labels ``(t, z, y, x)`` uint8 on the study's own grid.
 
     Args:
@@ -522,7 +522,7 @@ def run_segmentation(study, model, spec: ModelSpec | None = None, *, device: str
             frame (:mod:`.postprocess`); False returns the network's labels as they are.
         shift_passes: network passes per input, shifted in plane to evenly spread phases of the
             token grid and averaged (:func:`.sliding.phase_shifts`); 1 is a single pass (fastest),
-            the default 3 is more accurate (measured in README's table) at about 2.5x the model time.
+            the default 3 is more accurate (measured in README's table) at about 3x the model time.
     """
     module, spec = resolve_model(model, spec)
     if spec.task != "segmentation":

@@ -82,6 +82,10 @@ def sliding_vector(x: torch.Tensor, patch: tuple[int, int, int], predict: Callab
     return total / len(wins)
 
 
+# network passes per input that run_segmentation averages by default (the dock, the CLI and evaluate)
+DEFAULT_SHIFT_PASSES = 3
+
+
 def phase_shifts(token_px: int, passes: int) -> list[int]:
     """In-plane shifts (pixels) that put ``passes`` inputs at evenly spread phases of the token grid.
 
