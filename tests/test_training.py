@@ -109,6 +109,41 @@ def test_real_datasets_load_with_explicit_label_maps(shared_data: Path) -> None:
     assert lax.n_frames == 25 and lax.labelled_frames == (8, 23) and (lax.ed_frame, lax.es_frame) == (23, 8)
 
 
+def test_packed_training_data_keeps_every_label_and_the_intensities(shared_data: Path, tmp_path: Path) -> None:
+    """scripts/pack_training_data.py: the heart-cropped archive a remote GPU trains from loads like the original."""
+    import importlib.util
+    import shutil
+    import tarfile
+
+    spec = importlib.util.spec_from_file_location("pack_training_data",
+                                                  Path(__file__).parents[1] / "scripts" / "pack_training_data.py")
+    packer = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(packer)
+    src = tmp_path / "src"
+    shutil.copytree(shared_data / "acdc" / "patient001", src / "acdc" / "patient001")
+    (src / "mnms").mkdir()
+    for f in (shared_data / "mnms").glob("G1K1V3_*"):
+        shutil.copy(f, src / "mnms")
+    archive = tmp_path / "packed.tar.xz"
+    assert packer.main([str(src), "--out", str(archive)]) == 0
+    with tarfile.open(archive) as tar:
+        tar.extractall(tmp_path / "unpacked", filter="data")
+    packed_root = tmp_path / "unpacked" / "data"
+    for kind in ("acdc", "mnms"):
+        orig = load_source({"type": kind, "root": str(src / kind)})[0]
+        packed = load_source({"type": kind, "root": str(packed_root / kind)})[0]
+        assert packed.spacing == orig.spacing and packed.labelled_frames == orig.labelled_frames
+        assert packed.image.shape[-2] < orig.image.shape[-2]  # cropped in-plane ...
+        for c in (1, 2, 3):  # ... yet every labelled voxel is kept
+            assert (packed.labels == c).sum() == (orig.labels == c).sum() > 0
+        # the same pixels: locate the crop by the labels and compare intensities (ACDC: 12-bit, <= 1.2e-4)
+        (y0, x0) = [int(np.argwhere(orig.labels > 0)[:, k].min() - np.argwhere(packed.labels > 0)[:, k].min())
+                    for k in (2, 3)]
+        ny, nx = packed.image.shape[-2:]
+        err = np.abs(packed.image - orig.image[..., y0:y0 + ny, x0:x0 + nx]).max()
+        assert err <= (1.3e-4 if kind == "acdc" else 0)
+
+
 def test_sunnybrook_contours_rasterise_to_lv_and_myo_with_rv_unlabelled(shared_data: Path) -> None:
     rec = read_sunnybrook_patient(shared_data / "sunnybrook" / "SCD0000101")
     assert rec.labelled_frames == (7, 18) and (rec.ed_frame, rec.es_frame) == (18, 7)
