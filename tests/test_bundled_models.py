@@ -74,6 +74,22 @@ def test_bundled_segmentation_on_the_phantom(view, one_torch_thread):
         assert abs(ef - truth["LVEF_pct"]) < 6.0, (ef, truth["LVEF_pct"])
 
 
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA GPU")
+def test_bundled_segmentation_on_cuda_matches_the_cpu():
+    """The CUDA path (bf16 autocast, frames batched per pass) gives the CPU's labels and EF."""
+    from napari_cinema.engine import run_segmentation
+    from napari_cinema.sample_data import phantom
+
+    study, truth = phantom.make_phantom("sax", frames=6, seed=7)
+    model = registry.load_model(_bundled("segmentation", "sax"))
+    cpu = run_segmentation(study, model, device="cpu")
+    gpu = run_segmentation(study, model, device="cuda")
+    assert gpu.labels.shape == cpu.labels.shape
+    assert (gpu.labels == cpu.labels).mean() > 0.995
+    ef = [100.0 * (1 - r.voxel_counts(3).min() / r.voxel_counts(3).max()) for r in (cpu, gpu)]
+    assert abs(ef[0] - ef[1]) < 1.0, ef
+
+
 def test_bundled_landmarks_on_the_phantom(one_torch_thread):
     from napari_cinema.engine import run_landmarks
     from napari_cinema.sample_data import phantom

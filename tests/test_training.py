@@ -317,6 +317,17 @@ def test_tiny_run_writes_run_folder_progress_card_and_registers(tmp_path: Path, 
     assert run_segmentation(study, loaded, device="cpu").labels.shape == study.shape
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_tiny_run_on_cuda_uses_bf16_and_learns(tmp_path: Path) -> None:
+    cfg = tiny(**{"train.epochs": 4, "output.dir": str(tmp_path / "runs")})
+    res = train(cfg, device="cuda", progress="none")
+    assert res.status == "done"
+    ev = events(Path(res.run_dir))
+    assert ev[0]["device"].startswith("cuda")
+    epochs = [e for e in ev if e["event"] == "epoch"]
+    assert epochs[-1]["train_loss"] < epochs[0]["train_loss"]
+
+
 def test_resume_after_sigterm_is_bit_identical(tmp_path: Path) -> None:
     cfg = tiny(**{"train.epochs": 2, "train.checkpoint_every": 2})
     full = train(cfg, run_dir=tmp_path / "a")
@@ -353,7 +364,8 @@ def test_weight_average_is_the_mean_of_epoch_ends_and_resumes_exactly(tmp_path: 
 
     def keep_epoch_ends(trainer, step):
         if step % trainer.steps_per_epoch == 0:
-            ends[step // trainer.steps_per_epoch] = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
+            ends[step // trainer.steps_per_epoch] = {k: v.detach().cpu().clone()
+                                                for k, v in trainer.model.state_dict().items()}
 
     full = train(cfg, run_dir=tmp_path / "a", on_step=keep_epoch_ends)
     assert full.status == "done" and sorted(ends) == [1, 2, 3]
