@@ -55,6 +55,23 @@ def test_unlabelled_frames_are_empty_in_csv_and_null_in_json(tmp_path):
     assert any("labels on 3 of 10 frames" in w for w in d["warnings"])
 
 
+def test_long_axis_cine_without_timing_reports_areas_and_mapse(tmp_path):
+    """A 4-chamber cine with no time unit (as the real M&Ms-2 one): volumes.csv has areas and empty times."""
+    from dataclasses import replace
+
+    from napari_cinema.sample_data import phantom
+
+    study, truth = phantom.make_phantom("lax_4c", frames=8)
+    study = replace(study, spacing=(None, *study.spacing[1:]), frame_times_ms=None)
+    rep = analyze_study(study)
+    paths = write_report(rep, tmp_path, pdf=True)
+    rows = list(csv.DictReader(paths["volumes.csv"].open()))
+    assert len(rows) == 8 and rows[0]["time_ms"] == "" and rows[0]["LV_ml"] == ""
+    assert float(rows[truth["ED_frame"]]["LV_area_mm2"]) > float(rows[truth["ES_frame"]]["LV_area_mm2"]) > 0
+    d = json.loads(paths["report.json"].read_text())
+    assert d["MAPSE_mm"] == pytest.approx(truth["MAPSE_mm"], abs=1.0)
+
+
 def test_pdf_and_png_pages(report, tmp_path):
     paths = write_report(report, tmp_path, pdf=True, png_dir=tmp_path / "png")
     pdf = paths["report.pdf"].read_bytes()

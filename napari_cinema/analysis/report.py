@@ -148,13 +148,15 @@ class Report:
     def volumes_csv(self) -> str:
         buf = io.StringIO()
         w = csv.writer(buf, lineterminator="\n")
-        cols = ("frame", "time_ms", "LV_ml", "RV_ml", "MYO_ml")
-        w.writerow(cols)
         v = self.volumes
+        # single-slice (long-axis) studies have areas, not volumes
+        cols = ("frame", "time_ms", "LV_ml", "RV_ml", "MYO_ml") + tuple(
+            c for c in ("LV_area_mm2", "RV_area_mm2", "MYO_area_mm2") if c in v)
+        w.writerow(cols)
         for i in range(len(v.get("frame", []))):
             row = []
             for c in cols:
-                x = v.get(c, [None] * (i + 1))[i]
+                x = None if v.get(c) is None else v[c][i]  # time_ms is None when the timing is unknown
                 row.append("" if x is None else (x if isinstance(x, int) else f"{x:.4f}"))
             w.writerow(row)
         return buf.getvalue()
