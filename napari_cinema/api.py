@@ -341,7 +341,9 @@ def run_models(study: CineStudy, model_id: str, *, device: str = "auto", view: s
                cancel: CancelFn | None = None, batch_frames: int | None = None,
                shift_passes: int | None = None) -> CineResults:
     """Segment every frame of ``study`` with ``model_id`` and run the optional landmark (LAX),
-    disease-classification and EF-regression models on the (ED, ES) pair of the segmentation.
+    disease-classification and EF-regression models on the (ED, ES) pair of the segmentation. On a 2- or
+    4-chamber cine without a landmark model, the landmarks are read off the segmentation
+    (engine.landmarks_from_segmentation; ``results.models['landmarks']['task']`` says so).
 
     ``shift_passes``: the segmentation's shifted, averaged network passes (None: the engine's default;
     1 is fastest).
@@ -350,7 +352,16 @@ def run_models(study: CineStudy, model_id: str, *, device: str = "auto", view: s
     at the next batch (engine.Cancelled is raised; nothing is returned). Errors a user can fix raise
     engine.EngineError, engine.DeviceUnavailable, :class:`ModelNotAvailable` or :class:`NotACine`.
     """
-    from .engine import Cancelled, resolve_model, run_classification, run_landmarks, run_regression, run_segmentation
+    from .analysis.landmarks import SEGMENTATION_LANDMARK_VIEWS
+    from .engine import (
+        Cancelled,
+        landmarks_from_segmentation,
+        resolve_model,
+        run_classification,
+        run_landmarks,
+        run_regression,
+        run_segmentation,
+    )
 
     t0 = time.perf_counter()
     view = view or study.view
@@ -411,6 +422,14 @@ def run_models(study: CineStudy, model_id: str, *, device: str = "auto", view: s
         else:
             results.regression = run_regression(study, module, spec, segmentation=seg_labels, **common)
         offset += weight
+    if (results.landmarks is None and results.segmentation is not None
+            and view in SEGMENTATION_LANDMARK_VIEWS):
+        # no landmark model: read the mitral hinges and apex off the segmentation (MAPSE needs them)
+        results.landmarks = landmarks_from_segmentation(study, results.segmentation, view=view)
+        seg_model = results.models.get("segmentation", {})
+        results.models["landmarks"] = {"id": None, "task": "landmarks_from_segmentation",
+                                       "source": f"read off the segmentation ({seg_model.get('id')})",
+                                       "sha256": seg_model.get("sha256"), "training_data": None}
     results.seconds = time.perf_counter() - t0
     return results
 
@@ -479,10 +498,13 @@ class LayerParts:
 
 
 def _landmark_rows(landmarks: Any) -> tuple[np.ndarray, list[str]]:
+    """Points rows (t, z, y, x) and names; frames without a landmark (NaN) get no point."""
     t, k = landmarks.voxels.shape[:2]
     rows = np.concatenate([np.repeat(np.arange(t, dtype=float), k)[:, None],
                            np.asarray(landmarks.voxels, dtype=float).reshape(-1, 3)], axis=1)
-    return rows, [str(n) for n in landmarks.names] * t
+    keep = np.isfinite(rows).all(axis=1)
+    names = [str(n) for n in landmarks.names] * t
+    return rows[keep], [n for n, ok in zip(names, keep) if ok]
 
 
 def _layer_parts(results: CineResults) -> LayerParts:

@@ -9,7 +9,8 @@ the review workflow with the two napari-cinema docks at 1280 x 800:
 - workflow_phantom_lax_4c.png: the 4-chamber phantom with its landmarks (MAPSE curve);
 - workflow_acdc.png: an ACDC patient segmented, with the disease and EF models (when ../shared/data
   is present);
-- workflow_mnms2_lax_4c.png: the real M&Ms-2 4-chamber cine, segmented, with landmarks (when present);
+- workflow_mnms2_lax_4c.png: the real M&Ms-2 4-chamber cine, segmented, with the landmarks read off the
+  segmentation and its MAPSE curve (when present);
 - workflow_sunnybrook.png: a Sunnybrook DICOM cine in the analysis dock (when present).
 
 and the correction workflow (``--only corrections``; a temporary NAPARI_CINEMA_HOME, so the user's

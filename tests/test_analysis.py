@@ -390,6 +390,18 @@ def test_phantom_lax_mapse(phantom_lax):
     assert d["MAPSE_mm"] == pytest.approx(truth["MAPSE_mm"], abs=1.0)
     assert d["LVEDV_ml"] is None and "long-axis" in d["null_reasons"]["LVEDV_ml"]
     assert d["landmarks"]["curves"]["displacement_mm"]["mean"][truth["ES_frame"]] == pytest.approx(d["MAPSE_mm"], abs=1e-2)
+    assert d["landmarks"]["source"] == "given"
+
+
+def test_lax_mapse_without_landmarks_reads_them_off_the_labels(phantom_lax):
+    study, truth = phantom_lax
+    d = assert_json_clean(analyze_study(study))  # no landmarks given (napari-cinema analyze on a 4C cine)
+    assert d["landmarks"]["source"].startswith("read off the labels")
+    assert d["MAPSE_mm"] == pytest.approx(truth["MAPSE_mm"], abs=1.0)
+    assert d["LV_length_ED_mm"] > d["LV_length_ES_mm"] > 0
+    empty = np.zeros_like(study.labels)
+    d = assert_json_clean(analyze_study(study, empty))  # nothing to read: MAPSE null with the reason
+    assert d["MAPSE_mm"] is None and "no long-axis landmarks" in d["null_reasons"]["MAPSE_mm"]
 
 
 # ------------------------------------------------------------------------------------------------

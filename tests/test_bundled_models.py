@@ -90,6 +90,25 @@ def test_bundled_segmentation_on_cuda_matches_the_cpu():
     assert abs(ef[0] - ef[1]) < 1.0, ef
 
 
+def test_lax_run_without_a_landmark_model_reads_the_landmarks_off_the_segmentation(one_torch_thread):
+    """A 4-chamber run with no landmark model still gives landmarks (and MAPSE): read off the segmentation."""
+    from napari_cinema import api
+    from napari_cinema.analysis.landmarks import mapse
+    from napari_cinema.sample_data import phantom
+
+    study, truth = phantom.make_phantom("lax_4c", frames=8, seed=7)
+    res = api.run_models(study, _bundled("segmentation", "lax_4c"), device="cpu", shift_passes=1)
+    assert res.models["landmarks"]["task"] == "landmarks_from_segmentation"
+    lm = res.landmarks
+    m = mapse(study, {n: lm.voxels[:, k] for k, n in enumerate(lm.names)}, truth["ED_frame"], truth["ES_frame"])
+    assert abs(m["MAPSE_mm"] - truth["MAPSE_view_mm"]) < 1.5, (m["MAPSE_mm"], truth["MAPSE_view_mm"])
+    rows, names = api.prepare_results(res).layer_parts.points
+    found = int(np.isfinite(lm.voxels).all(axis=(1, 2)).sum())
+    assert rows.shape == (3 * found, 4) and np.isfinite(rows).all() and len(names) == len(rows)
+    sax, _ = phantom.make_phantom("sax", frames=4, seed=7)
+    assert api.run_models(sax, _bundled("segmentation", "sax"), device="cpu", shift_passes=1).landmarks is None
+
+
 def test_bundled_landmarks_on_the_phantom(one_torch_thread):
     from napari_cinema.engine import run_landmarks
     from napari_cinema.sample_data import phantom

@@ -505,6 +505,39 @@ def test_lax_landmarks_points_layer_and_mapse(make_napari_viewer, qtbot, models,
     assert report.measures["MAPSE_mm"] == pytest.approx(truth.metadata["truth"]["MAPSE_mm"], abs=1.0)
 
 
+def test_lax_run_without_a_landmark_model_reads_the_landmarks_off_the_segmentation(make_napari_viewer, qtbot, models,
+                                                                                   lax_phantom):
+    import json
+    from pathlib import Path
+
+    import napari_cinema
+    from napari_cinema.model.checkpoint import read_config
+
+    shipped = Path(napari_cinema.__file__).parent / "models" / "default-lax-4c-seg"  # real contours, real landmarks
+    registry.register_model(shipped / "model.safetensors", "default-lax-4c-seg", link=True,
+                            config=read_config(shipped / "config.yaml"),
+                            card=json.loads((shipped / "card.json").read_text()))
+    viewer = make_napari_viewer()
+    image, truth, _truth_points = add_layers(viewer, lax_phantom)
+    analysis, function = open_docks(viewer, qtbot)
+    analysis.set_model("default-lax-4c-seg")
+    analysis.set_model(None, "landmarks")  # no landmark model (the default when the only one is opt-in)
+    assert analysis.landmark_combo.currentText() == "from the segmentation"
+    assert run_and_wait(qtbot, analysis) == "ok", analysis.status_text()
+    assert "landmarks read off the segmentation" in analysis.status_text()
+    points = analysis.points_layer
+    t = image.data.shape[0]
+    assert points is not None and points.data.shape == (3 * t, 4)
+    assert points.metadata["provenance"]["task"] == "landmarks_from_segmentation"
+    qtbot.waitUntil(lambda: same(function.labels_layer(), analysis.labels_layer), timeout=WAIT_MS)
+    qtbot.waitUntil(lambda: same(function.points_combo.current_layer(), points), timeout=WAIT_MS)
+    report = wait_analysis(qtbot, function)
+    assert report.landmarks is not None and function.canvas.mapse_axes is not None
+    # 3 mm pixels here: one pixel of hinge error moves MAPSE by up to 3 mm (the accuracy at the phantom's
+    # real resolution is tested in test_engine and test_bundled_models)
+    assert report.measures["MAPSE_mm"] == pytest.approx(truth.metadata["truth"]["MAPSE_mm"], abs=3.0)
+
+
 def test_model_outputs_beside_segmentation_ef(make_napari_viewer, qtbot, models, sax_phantom):
     viewer = make_napari_viewer()
     image, _truth = add_layers(viewer, sax_phantom)

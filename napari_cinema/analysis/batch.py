@@ -43,7 +43,7 @@ from ..io.writers import atomic_path
 from .aha import aha_wall_thickness
 from .coverage import coverage_warnings
 from .cycle import detect_ed_es, filling_rates, frame_times_ms, heart_rate
-from .landmarks import mapse
+from .landmarks import LANDMARK_NAMES, SEGMENTATION_LANDMARK_VIEWS, landmarks_over_frames, mapse
 from .measures import (
     MYO_DENSITY_G_PER_ML,
     body_size_problems,
@@ -313,6 +313,14 @@ def analyze_study(study: CineStudy, labels: np.ndarray | None = None, *, model_i
 
     # -- landmarks: MAPSE --------------------------------------------------------------------------------
     if landmarks is not None or is_lax:
+        source = "given"
+        if landmarks is None and study.view in SEGMENTATION_LANDMARK_VIEWS and frames and not sp_problem:
+            # none given: read the mitral hinges and apex off the labels (the engine does the same)
+            _, _, dy, dx = study.spacing
+            pts, missing = landmarks_over_frames(labels, study.view, (dy, dx))
+            if len(missing) < n:
+                landmarks = {name: pts[:, k] for k, name in enumerate(LANDMARK_NAMES)}
+                source = "read off the labels (ends of the mitral opening, tip of the LV wall)"
         if landmarks is None:
             res = {k: None for k in ("MAPSE_mm", "MAPSE_mv_1_mm", "MAPSE_mv_2_mm", "LV_length_ED_mm",
                                      "LV_length_ES_mm", "LV_long_axis_shortening_pct")}
@@ -320,7 +328,7 @@ def analyze_study(study: CineStudy, labels: np.ndarray | None = None, *, model_i
         else:
             res = mapse(study, landmarks, ed, es)
             reasons = res.pop("null_reasons")
-            report.landmarks = dict(res)
+            report.landmarks = dict(res, source=source)
         for k in ("MAPSE_mm", "MAPSE_mv_1_mm", "MAPSE_mv_2_mm", "LV_length_ED_mm", "LV_length_ES_mm",
                   "LV_long_axis_shortening_pct"):
             report.set(k, res.get(k), reasons.get(k))

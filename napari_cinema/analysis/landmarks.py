@@ -18,6 +18,8 @@ from typing import Any, Mapping
 import numpy as np
 
 LANDMARK_NAMES = ("mv_1", "mv_2", "apex")
+# views whose segmentation shows the mitral opening that :func:`landmarks_from_labels` reads
+SEGMENTATION_LANDMARK_VIEWS = ("lax_2c", "lax_4c")
 
 
 def landmarks_array(points: Any, n_frames: int) -> np.ndarray:
@@ -157,3 +159,20 @@ def landmarks_from_labels(labels_yx: np.ndarray, view: str = "lax_4c", spacing_y
     if clockwise != (view == "lax_2c"):
         hinges = hinges[::-1]
     return {"mv_1": hinges[0], "mv_2": hinges[1], "apex": apex}
+
+
+def landmarks_over_frames(labels_tzyx: np.ndarray, view: str, spacing_yx: tuple[float, float],
+                          slice_index: int = 0) -> tuple[np.ndarray, list[int]]:
+    """(t, 3, 3) landmarks (z, y, x) in :data:`LANDMARK_NAMES` order read off every frame's labels by
+    :func:`landmarks_from_labels`, NaN where a frame shows no mitral opening, and the list of those frames."""
+    if view not in SEGMENTATION_LANDMARK_VIEWS:
+        raise ValueError(f"landmarks are read off 2- and 4-chamber labels, not {view}")
+    labels = np.asarray(labels_tzyx)
+    if not 0 <= slice_index < labels.shape[1]:
+        raise ValueError(f"slice_index {slice_index} outside 0..{labels.shape[1] - 1}")
+    out = np.full((labels.shape[0], len(LANDMARK_NAMES), 3), np.nan)
+    for t in range(labels.shape[0]):
+        found = landmarks_from_labels(labels[t, slice_index], view, spacing_yx)
+        if found is not None:
+            out[t] = [(slice_index, *found[name]) for name in LANDMARK_NAMES]
+    return out, [t for t in range(labels.shape[0]) if np.isnan(out[t]).any()]

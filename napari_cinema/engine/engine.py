@@ -21,6 +21,8 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from napari_cinema.analysis.landmarks import SEGMENTATION_LANDMARK_VIEWS, landmarks_over_frames
+
 from .centring import CentringInfo, HeartBox, centring_frames, find_heart, motion_centre, region_around
 from .devices import (
     auto_batch_frames,
@@ -660,6 +662,43 @@ def run_landmarks(study, model, spec: ModelSpec | None = None, *, device: str | 
     return LandmarkResult(names=names, voxels=voxels, world=world, confidence=conf, provenance=prov)
 
 
+
+def landmarks_from_segmentation(study, segmentation: SegmentationResult, *, view: str | None = None,
+                                slice_index: int = 0) -> LandmarkResult:
+    """Mitral valve hinges and apex per frame, read off a 2- or 4-chamber segmentation.
+
+    The landmarks when no landmark model is run: the ends of the LV cavity border that no myocardium
+    covers (the mitral opening) and the tip of the LV wall on the long axis
+    (:func:`napari_cinema.analysis.landmarks.landmarks_from_labels`, the rule that also derives the
+    reference landmarks from expert labels). A frame whose labels show no opening gets NaN.
+    """
+    view = view or study.view
+    t0 = time.perf_counter()
+    _, _, dy, dx = study.spacing
+    try:
+        voxels, missing = landmarks_over_frames(segmentation.labels, view, (dy, dx), slice_index)
+    except ValueError as exc:
+        raise EngineError(str(exc)) from None
+    seg_prov = segmentation.provenance or {}
+    prov = {
+        "engine": "napari_cinema.engine",
+        "task": "landmarks_from_segmentation",
+        "model_id": seg_prov.get("model_id"),
+        "sha256": seg_prov.get("sha256"),
+        "study_view": view,
+        "study_source": getattr(study, "source", ""),
+        "frames": int(voxels.shape[0]),
+        "slice_index": slice_index,
+        "frames_without_landmarks": missing,
+        "timings_s": {"total_s": round(time.perf_counter() - t0, 4)},
+        "warnings": [f"no mitral opening in the segmentation of frame(s) {', '.join(str(t + 1) for t in missing)}"]
+        if missing else [],
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    return LandmarkResult(names=LANDMARK_NAMES, voxels=voxels, world=study.world_coordinates(voxels),
+                          confidence=None, provenance=prov)
+
+
 # --------------------------------------------------------------------------------------------------
 # classification / regression from the (ED, ES) pair
 # --------------------------------------------------------------------------------------------------
@@ -804,6 +843,8 @@ __all__ = [
     "choose_batch_frames",
     "ed_es_from_labels",
     "run_classification",
+    "SEGMENTATION_LANDMARK_VIEWS",
+    "landmarks_from_segmentation",
     "run_landmarks",
     "run_model",
     "run_regression",

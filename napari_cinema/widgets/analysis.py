@@ -30,6 +30,7 @@ from qtpy.QtWidgets import (
 )
 
 from napari_cinema import api
+from napari_cinema.analysis.landmarks import SEGMENTATION_LANDMARK_VIEWS
 
 from ._common import (
     NEXT_TURN_MS,
@@ -444,7 +445,12 @@ class AnalysisWidget(QWidget):
             combo.blockSignals(True)
             combo.clear()
             infos = self.models_for(role, view)
-            if role != "segmentation":
+            if role == "landmarks" and view in SEGMENTATION_LANDMARK_VIEWS:
+                combo.addItem("from the segmentation", None)
+                combo.setItemData(0, "No landmark model: the mitral hinges and apex are read off the "
+                                     "segmentation (ends of the valve opening, tip of the LV wall)",
+                                  Qt.ItemDataRole.ToolTipRole)
+            elif role != "segmentation":
                 combo.addItem("none", None)
             elif view not in VIEW_TITLES:
                 combo.addItem("choose the view first", None)
@@ -709,12 +715,18 @@ class AnalysisWidget(QWidget):
     @staticmethod
     def _done_text(results) -> str:
         prov = results.segmentation.provenance
-        extra = [r for r in ("landmarks", "classification", "regression") if getattr(results, r) is not None]
-        text = (f"Segmented {results.study.n_frames} frames × {results.study.n_slices} slices in "
+        derived = results.models.get("landmarks", {}).get("task") == "landmarks_from_segmentation"
+        extra = [r for r in ("landmarks", "classification", "regression")
+                 if getattr(results, r) is not None and not (r == "landmarks" and derived)]
+        n_z = results.study.n_slices
+        text = (f"Segmented {results.study.n_frames} frames × {n_z} slice{'s' if n_z != 1 else ''} in "
                 f"{results.seconds:.1f} s with {prov.get('model_id')} on "
                 f"{prov.get('device_description', prov.get('device'))} ({prov.get('precision')})"
-                + (f"; also {', '.join(extra)}" if extra else "") + ".")
+                + (f"; also {', '.join(extra)}" if extra else "")
+                + ("; landmarks read off the segmentation" if derived else "") + ".")
         warnings = [w for w in prov.get("warnings", []) if w]
+        if results.landmarks is not None:
+            warnings += [w for w in results.landmarks.provenance.get("warnings", []) if w]
         if warnings:
             text += " Note: " + "; ".join(warnings[:2])
         return text
