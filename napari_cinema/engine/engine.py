@@ -21,7 +21,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from napari_cinema.analysis.landmarks import SEGMENTATION_LANDMARK_VIEWS, landmarks_over_frames
+from napari_cinema.analysis.landmarks import landmarks_over_frames
 
 from .centring import CentringInfo, HeartBox, centring_frames, find_heart, motion_centre, region_around
 from .devices import (
@@ -662,7 +662,6 @@ def run_landmarks(study, model, spec: ModelSpec | None = None, *, device: str | 
     return LandmarkResult(names=names, voxels=voxels, world=world, confidence=conf, provenance=prov)
 
 
-
 def landmarks_from_segmentation(study, segmentation: SegmentationResult, *, view: str | None = None,
                                 slice_index: int = 0) -> LandmarkResult:
     """Mitral valve hinges and apex per frame, read off a 2- or 4-chamber segmentation.
@@ -842,9 +841,8 @@ __all__ = [
     "SegmentationResult",
     "choose_batch_frames",
     "ed_es_from_labels",
-    "run_classification",
-    "SEGMENTATION_LANDMARK_VIEWS",
     "landmarks_from_segmentation",
+    "run_classification",
     "run_landmarks",
     "run_model",
     "run_regression",

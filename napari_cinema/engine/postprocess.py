@@ -5,8 +5,8 @@ of the same label elsewhere are false positives (a bright vessel, the stomach, t
 outflow). Keeping the largest 3-D piece of each (full 26-neighbour connectivity, so slices 10 mm apart
 still join where their in-plane outlines overlap diagonally) is nnU-Net's post-processing, kept here
 because it helped on held-out data: the third-stage default-sax-seg on the ACDC held-out split, mean
-Dice 0.866 -> 0.868 and HD95 6.2 -> 5.7 mm (M&Ms and Sunnybrook unchanged). The myocardium is left alone: its basal slices are open arcs whose
-pieces are real (keeping only the largest lowered its Dice).
+Dice 0.866 -> 0.868 and HD95 6.2 -> 5.7 mm (M&Ms and Sunnybrook unchanged). The myocardium is left
+alone: its basal slices are open arcs whose pieces are real (keeping only the largest lowered its Dice).
 """
 
 from __future__ import annotations
