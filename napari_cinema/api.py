@@ -497,23 +497,68 @@ class LayerParts:
     points: tuple[np.ndarray, list[str]] | None = None  # landmark rows (t, z, y, x) and their names
 
 
-def _landmark_rows(landmarks: Any) -> tuple[np.ndarray, list[str]]:
-    """Points rows (t, z, y, x) and names; frames without a landmark (NaN) get no point."""
-    t, k = landmarks.voxels.shape[:2]
+def _landmark_rows(voxels: np.ndarray, landmark_names) -> tuple[np.ndarray, list[str]]:
+    """Points rows (t, z, y, x) and names from landmark voxels (t, k, 3); frames without a landmark (NaN)
+    get no point."""
+    t, k = voxels.shape[:2]
     rows = np.concatenate([np.repeat(np.arange(t, dtype=float), k)[:, None],
-                           np.asarray(landmarks.voxels, dtype=float).reshape(-1, 3)], axis=1)
+                           np.asarray(voxels, dtype=float).reshape(-1, 3)], axis=1)
     keep = np.isfinite(rows).all(axis=1)
-    names = [str(n) for n in landmarks.names] * t
+    names = [str(n) for n in landmark_names] * t
     return rows[keep], [n for n, ok in zip(names, keep) if ok]
+
+
+def landmark_rows_from_labels(study: CineStudy, labels: np.ndarray) -> tuple[np.ndarray, list[str]]:
+    """The landmarks read off 2-/4-chamber ``labels`` (t, z, y, x) as Points rows and names: the rule a
+    run applies when no landmark model runs (:func:`napari_cinema.engine.landmarks_from_segmentation`)."""
+    from .analysis.landmarks import landmarks_over_frames
+
+    _, _, dy, dx = study.spacing
+    voxels, _missing = landmarks_over_frames(labels, study.view, (dy, dx))
+    return _landmark_rows(voxels, LANDMARK_NAMES)
+
+
+def landmarks_follow_labels(points_layer: Any) -> bool:
+    """Whether ``points_layer`` holds landmarks read off the segmentation that nobody has moved since:
+    such points are read off the labels again whenever the labels change (an annotator's correction of
+    the LV moves its hinges and apex with it). Points moved, added or deleted by hand are kept as they are.
+    """
+    meta = getattr(points_layer, "metadata", None)
+    if not isinstance(meta, Mapping):
+        return False
+    prov = meta.get("provenance")
+    snapshot = meta.get(ORIGINAL_KEY)
+    if not isinstance(prov, Mapping) or prov.get("task") != "landmarks_from_segmentation" or snapshot is None:
+        return False
+    data = np.asarray(points_layer.data, dtype=float)
+    snapshot = np.asarray(snapshot, dtype=float)
+    return data.shape == snapshot.shape and bool(np.allclose(data, snapshot))
+
+
+def update_landmarks_from_labels(points_layer: Any, rows: np.ndarray, names: list[str]) -> bool:
+    """Give a Points layer that :func:`landmarks_follow_labels` the landmarks read off the current labels
+    (``rows``, ``names`` from :func:`landmark_rows_from_labels`). Returns whether the points changed;
+    nothing happens to points moved by hand, or when the labels give the same points."""
+    if not landmarks_follow_labels(points_layer):
+        return False
+    rows = np.asarray(rows, dtype=float)
+    current = np.asarray(points_layer.data, dtype=float)
+    same_names = [str(n) for n in points_layer.features["name"]] == list(names)
+    if current.shape == rows.shape and same_names and np.allclose(current, rows):
+        return False
+    points_layer.metadata[ORIGINAL_KEY] = rows.copy()  # first: whoever hears the data event sees it follows
+    points_layer.data = rows
+    points_layer.features = {"name": list(names)}
+    return True
 
 
 def _layer_parts(results: CineResults) -> LayerParts:
     original = np.asarray(results.segmentation.labels)
     if original.dtype != np.uint8:
         original = original.astype(np.uint8)
+    lm = results.landmarks
     return LayerParts(labels=np.array(original, order="C", copy=True), original=original,
-                      features=_label_features(),
-                      points=None if results.landmarks is None else _landmark_rows(results.landmarks))
+                      features=_label_features(), points=None if lm is None else _landmark_rows(lm.voxels, lm.names))
 
 
 def prepare_results(results: CineResults) -> CineResults:
@@ -535,7 +580,8 @@ def apply_results(viewer: Any, image_layer: Any, results: CineResults):
     metadata and provenance updated), aligned with the image (scale, translate, units, axis labels).
 
     The labels layer keeps the model output as ``metadata['cinema_original']`` (uint8 (t, z, y, x),
-    replaced on every run); its data is a copy, so painting never changes the model output.
+    replaced on every run); its data is a copy, so painting never changes the model output. The points
+    layer keeps its rows as the run gave them the same way (:func:`landmarks_follow_labels`).
     Returns (labels_layer, points_layer or None).
     """
     steps = apply_results_steps(viewer, image_layer, results)
@@ -596,10 +642,11 @@ def apply_results_steps(viewer: Any, image_layer: Any, results: CineResults):
         return labels_layer, None
     yield
     lm = results.landmarks
-    rows, names = parts.points if parts.points is not None else _landmark_rows(lm)
+    rows, names = parts.points if parts.points is not None else _landmark_rows(lm.voxels, lm.names)
     pmeta = {"cinema_result": {"kind": "landmarks", "of": uid, "image": image_layer.name},
              "cinema_study": study.header(), "provenance": dict(lm.provenance),
-             "model": results.models.get("landmarks", {})}
+             "model": results.models.get("landmarks", {}),
+             ORIGINAL_KEY: np.array(rows, dtype=float, copy=True)}  # the points as the run gave them
     pdata, pkw, _ = points_layer_data(study, rows, names, f"{image_layer.name} landmarks", pmeta)
     pkw.update(geometry)
     points_layer = find_result_layer(viewer, image_layer, "landmarks")
@@ -691,6 +738,9 @@ class AnalysisInputs:
     model_info: dict[str, Any] | None = None
     labels_name: str = ""
     landmarks_name: str | None = None
+    # the landmarks layer follows the labels (read off them, never moved by hand): ``landmarks`` is None,
+    # so the analysis reads them off these labels, as edited
+    landmarks_follow_labels: bool = False
 
 
 def _model_info(labels_layer: Any) -> dict[str, Any]:
@@ -718,7 +768,8 @@ def analysis_inputs(viewer: Any, labels_layer: Any, landmarks_layer: Any = "auto
     labels = np.array(labels_layer.data, copy=copy)
     if landmarks_layer == "auto":
         landmarks_layer = find_landmarks_layer(viewer, labels_layer, study) if study.view in LAX_VIEWS else None
-    lm = landmarks_from_points(landmarks_layer, study.n_frames) if landmarks_layer is not None else None
+    follow = landmarks_layer is not None and landmarks_follow_labels(landmarks_layer)
+    lm = landmarks_from_points(landmarks_layer, study.n_frames) if landmarks_layer is not None and not follow else None
     outputs = labels_layer.metadata.get("cinema_models") or {}
     probs = None
     cls = outputs.get("classification")
@@ -728,7 +779,8 @@ def analysis_inputs(viewer: Any, labels_layer: Any, landmarks_layer: Any = "auto
     ef = dict(ef) if isinstance(ef, Mapping) else None
     return AnalysisInputs(study=study, labels=labels, landmarks=lm, probabilities=probs, ef_regression=ef,
                           model_info=_model_info(labels_layer), labels_name=str(labels_layer.name),
-                          landmarks_name=None if landmarks_layer is None else str(landmarks_layer.name))
+                          landmarks_name=None if landmarks_layer is None else str(landmarks_layer.name),
+                          landmarks_follow_labels=follow)
 
 
 def compute_report(inputs: AnalysisInputs, ed: int | None = None, es: int | None = None, *,

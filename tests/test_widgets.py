@@ -537,6 +537,39 @@ def test_lax_run_without_a_landmark_model_reads_the_landmarks_off_the_segmentati
     # real resolution is tested in test_engine and test_bundled_models)
     assert report.measures["MAPSE_mm"] == pytest.approx(truth.metadata["truth"]["MAPSE_mm"], abs=3.0)
 
+    # an annotator corrects the LV of one frame: the landmarks read off the segmentation follow the labels
+    labels = analysis.labels_layer
+    study = api.study_for_labels(viewer, labels)
+    assert api.landmarks_follow_labels(points)
+    before = np.array(points.data)
+    edited = np.array(labels.data)
+    edited[0] = np.roll(edited[0], 4, axis=-1)  # frame 0's heart 4 px to the right
+    n = function.analyses
+    labels.data = edited
+    report = wait_analysis(qtbot, function, n)
+    expected, names = api.landmark_rows_from_labels(study, edited)
+    np.testing.assert_allclose(points.data, expected)
+    assert [str(v) for v in points.features["name"]] == names
+    frame0 = points.data[:, 0] == 0
+    np.testing.assert_allclose(points.data[frame0, 3], before[before[:, 0] == 0, 3] + 4, atol=1.0)
+    np.testing.assert_allclose(points.data[~frame0], before[before[:, 0] != 0])  # other frames: unchanged
+    assert report.landmarks["source"].startswith("read off the labels")
+    assert api.landmarks_follow_labels(points)
+
+    # once moved by hand, the points are the annotator's: kept through later label edits, used as given
+    moved = np.array(points.data)
+    moved[0, 2:] += 2.0
+    n = function.analyses
+    points.data = moved
+    wait_analysis(qtbot, function, n)
+    assert not api.landmarks_follow_labels(points)
+    edited[1] = np.roll(edited[1], -3, axis=-1)
+    n = function.analyses
+    labels.data = edited
+    report = wait_analysis(qtbot, function, n)
+    np.testing.assert_allclose(points.data, moved)
+    assert report.landmarks["source"] == "given"
+
 
 def test_model_outputs_beside_segmentation_ef(make_napari_viewer, qtbot, models, sax_phantom):
     viewer = make_napari_viewer()

@@ -78,9 +78,13 @@ FLAG_STYLE = {"low": ("↓", "#5bb8ff"), "high": ("↑", "#ff8a5b")}
 
 
 def _analyze(inputs: api.AnalysisInputs, ed, es, height_cm, weight_kg, generation: int) -> tuple:
-    """Runs in a worker: (generation, inputs, 'ok', Report) or (generation, inputs, 'error', exception)."""
+    """Runs in a worker: (generation, inputs, 'ok', (Report, landmark rows and names or None)) or
+    (generation, inputs, 'error', exception). The landmark rows come with landmarks that follow the labels:
+    read off the labels as they are now, for the Points layer."""
     try:
-        return generation, inputs, "ok", api.compute_report(inputs, ed, es, height_cm=height_cm, weight_kg=weight_kg)
+        report = api.compute_report(inputs, ed, es, height_cm=height_cm, weight_kg=weight_kg)
+        points = api.landmark_rows_from_labels(inputs.study, inputs.labels) if inputs.landmarks_follow_labels else None
+        return generation, inputs, "ok", (report, points)
     except Exception as exc:
         return generation, inputs, "error", exc
 
@@ -504,7 +508,9 @@ class FunctionWidget(QWidget):
                 self._show_problem(f"Analysis failed: {type(value).__name__}: {value}")
                 notify_exception(value)
             return
-        report = value
+        report, points = value
+        if points is not None:
+            self._follow_labels(inputs, *points)
         self.report = report
         self._fill_table(report, inputs.study)
         self._fill_models(report)
@@ -521,6 +527,15 @@ class FunctionWidget(QWidget):
         # the curves (a full matplotlib redraw) in the next event-loop turn, not on top of the table's
         self._curves_pending = (gen, report, inputs)
         QTimer.singleShot(NEXT_TURN_MS, self._show_curves)
+
+    def _follow_labels(self, inputs: api.AnalysisInputs, rows: np.ndarray, names: list[str]) -> None:
+        """Move the landmarks read off the segmentation to where the (edited) labels now put them, unless
+        someone moved them by hand meanwhile. The analysis this report came from already used them."""
+        layer = self.points_combo.current_layer()
+        if layer is None or str(layer.name) != inputs.landmarks_name:
+            return
+        with layer.events.data.blocker(self._on_points_edited):  # not an edit: no second analysis
+            api.update_landmarks_from_labels(layer, rows, names)
 
     def _show_curves(self) -> None:
         pending, self._curves_pending = self._curves_pending, None
