@@ -239,6 +239,30 @@ def test_resampled_epochs_of_several_views_keep_one_length() -> None:
                 assert all(len({groups[i] for i, _ in b}) == 1 for b in batches)
 
 
+def test_flips_and_quarter_turns_move_image_and_labels_together() -> None:
+    from napari_cinema.training.transforms import apply_augment, make_augment
+
+    rng = np.random.default_rng(0)
+    image = rng.random((1, 12, 12)).astype(np.float32)
+    label = (image > 0.5).astype(np.int64) + (image > 0.8)  # labels are a function of the image
+    off = {k: 0.0 for k in ("affine_prob", "gamma_prob", "noise_prob", "dropout_prob")}
+    assert make_augment(2, {"image": "image"}, off) is None  # off by default: existing recipes unchanged
+    flips = make_augment(2, {"image": "image", "label": "label"}, dict(off, flip_prob=1.0))
+    out = apply_augment(flips, {"image": image, "label": label}, seed=3)
+    np.testing.assert_array_equal(out["image"].numpy(), image[:, ::-1, ::-1])
+    np.testing.assert_array_equal(out["label"].numpy(), label[:, ::-1, ::-1])
+    turns = make_augment(3, {"image": "image", "label": "label"}, dict(off, rot90_prob=1.0))
+    seen = set()
+    for seed in range(12):
+        out = apply_augment(turns, {"image": image[..., None], "label": label[..., None]}, seed=seed)
+        k = next(k for k in range(4) if np.array_equal(out["image"].numpy()[..., 0], np.rot90(image, k, (1, 2))))
+        np.testing.assert_array_equal(out["label"].numpy()[..., 0], np.rot90(label, k, (1, 2)))
+        seen.add(k)
+    assert seen == {1, 2, 3}  # every quarter turn, about the slice's own axes (z untouched)
+    with pytest.raises(ConfigError, match="rot90_prob needs a square in-plane patch"):
+        load_train_config(tiny(**{"train.augment": {"rot90_prob": 0.5}, "data.sax.patch_size": [32, 24]}))
+
+
 def test_partial_dice_ce_ignores_unlabelled_classes() -> None:
     from monai.losses import DiceCELoss
 

@@ -194,6 +194,12 @@ def validate_config(cfg: Mapping[str, Any], where: str = "<config>") -> None:
     unknown = sorted(set(aug) - set(AUGMENT_DEFAULTS))
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {', '.join('train.augment.' + k for k in unknown)}")
+    if float(aug.get("rot90_prob") or 0) > 0:
+        for key in ("sax", "lax"):
+            patch = ((cfg.get("data") or {}).get(key) or {}).get("patch_size")
+            if patch is not None and int(patch[0]) != int(patch[1]):
+                raise ConfigError(f"{where}: train.augment.rot90_prob needs a square in-plane patch; "
+                                  f"data.{key}.patch_size is {list(patch)}")
     try:
         kind = model_kind(cfg)
     except ValueError as exc:

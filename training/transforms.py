@@ -7,8 +7,9 @@
 * :func:`crop_window` takes a fixed-size window around a centre, zero-filled outside the image
   (random crop + end padding when the centre is jittered).
 * :func:`minmax` scales an input to [0, 1] as the engine does ('input' scope).
-* :func:`make_augment` builds the MONAI dict-transform pipeline: random affine (in-plane rotation,
-  translation, scale), contrast gamma, Gaussian noise, coarse dropout. Randomness comes only from an
+* :func:`make_augment` builds the MONAI dict-transform pipeline: random in-plane flips and quarter turns
+  (opt-in: orientation invariance), random affine (in-plane rotation, translation, scale), contrast
+  gamma, Gaussian noise, coarse dropout. Randomness comes only from an
   explicit seed per sample (``set_random_state``), so a resumed run draws exactly what an
   uninterrupted one would.
 """
@@ -39,6 +40,12 @@ __all__ = [
 
 AUGMENT_DEFAULTS: dict[str, Any] = {
     "enabled": True,
+    # in-plane flips and quarter turns: a slice stored in another orientation than the training data's
+    # (scanners and converters differ; a NIfTI may carry no orientation at all) looks like one seen in
+    # training. Off by default: it drops the left-right prior (RV beside LV) that a model otherwise
+    # learns, and it would swap the two mitral hinges of landmark heat-maps. Needs a square in-plane patch.
+    "flip_prob": 0.0,  # per in-plane axis
+    "rot90_prob": 0.0,  # a quarter, half or three-quarter turn
     "crop_jitter_mm": 20.0,  # random shift of the crop centre around the heart (uniform, per axis)
     "affine_prob": 0.8,
     "rotate_deg": 15.0,  # in-plane
@@ -222,7 +229,9 @@ def make_augment(ndim: int, keys: Mapping[str, str], options: Mapping[str, Any] 
         RandAdjustContrastd,
         RandAffined,
         RandCoarseDropoutd,
+        RandFlipd,
         RandGaussianNoised,
+        RandRotate90d,
     )
 
     opt = dict(AUGMENT_DEFAULTS)
@@ -240,6 +249,11 @@ def make_augment(ndim: int, keys: Mapping[str, str], options: Mapping[str, Any] 
     else:
         rotate, translate, scale = (0.0, 0.0, rot), (tr, tr, 0.0), (sc, sc, 0.0)
     ts = []
+    for axis in (0, 1):  # x, y: in-plane in 2-D and 3-D alike (channel-first (C, x, y[, z]))
+        if opt["flip_prob"] > 0:
+            ts.append(RandFlipd(keys=spatial, prob=float(opt["flip_prob"]), spatial_axis=axis))
+    if opt["rot90_prob"] > 0:
+        ts.append(RandRotate90d(keys=spatial, prob=float(opt["rot90_prob"]), max_k=3, spatial_axes=(0, 1)))
     if opt["affine_prob"] > 0:
         ts.append(RandAffined(keys=spatial, prob=float(opt["affine_prob"]), rotate_range=rotate,
                               translate_range=translate, scale_range=scale, mode=modes, padding_mode="zeros"))
