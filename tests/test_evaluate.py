@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from napari_cinema.training import commands
-from napari_cinema.training.evaluate import EvaluationError, evaluate, load_dataset
+from napari_cinema.training.evaluate import ORIENTATIONS, EvaluationError, evaluate, load_dataset, reorient
 
 PH = dict(frames=4, slices=4, matrix=48, pixel_mm=4.0, supersample=1)
 DESIGN_FIELDS = {"n_cases", "dice", "hd95_mm", "LVEF_mae_pct", "LVEDV_mae_ml", "LVESV_mae_ml", "per_case"}
@@ -67,6 +67,34 @@ def test_errors_are_measured_and_unlabelled_structures_left_out(phantom_pair: Pa
     assert res["LVESV_mae_ml"] == pytest.approx(row["LVESV_ml"]["true"])
     assert res["LVEF_mae_pct"] == pytest.approx(100.0 - row["LVEF_pct"]["true"])  # predicted ESV 0: EF 100 %
     json.dumps(res, allow_nan=False)
+
+
+def test_orientations_store_the_same_heart_another_way(phantom_pair: Path, capsys) -> None:
+    from dataclasses import replace
+
+    _, (rec,) = load_dataset(phantom_pair)
+    rec = replace(rec, spacing=(rec.spacing[0], 1.0, 2.0))  # (dz, dy, dx): rectangular pixels
+    seen = set()
+    for name in ORIENTATIONS:
+        r = reorient(rec, name)
+        swapped = name in ("rot90", "rot270", "transpose", "antitranspose")
+        assert r.spacing == ((rec.spacing[0], 2.0, 1.0) if swapped else rec.spacing)
+        assert r.image.shape[-2:] == (rec.image.shape[-1:-3:-1] if swapped else rec.image.shape[-2:])
+        assert r.lv_volume_ml(rec.ed_frame) == pytest.approx(rec.lv_volume_ml(rec.ed_frame))
+        assert np.array_equal(r.labels > 0, ORIENTATIONS[name](rec.labels) > 0)
+        seen.add(r.image.tobytes())
+    assert len(seen) == 8  # eight different ways to store one slice
+    np.testing.assert_array_equal(reorient(rec, "rot90").labels[0, 0], np.rot90(rec.labels[0, 0]))
+    res = evaluate(phantom_pair, predict=oracle, orientation="flip_x")
+    assert res["orientation"] == "flip_x" and res["dice"]["mean"] == 1.0
+    stored = rec.labels
+    assert evaluate(phantom_pair, predict=lambda r: stored, orientation="flip_x")["dice"]["mean"] < 0.9
+    with pytest.raises(EvaluationError, match="orientation 'sideways': expected one of stored, rot90"):
+        evaluate(phantom_pair, predict=oracle, orientation="sideways")
+    with pytest.raises(SystemExit):
+        commands.main(["evaluate", "--help"])
+    out = capsys.readouterr().out
+    assert all(name in out for name in ORIENTATIONS), out
 
 
 def test_label_convention_override(tmp_path: Path) -> None:

@@ -5,7 +5,7 @@
     train CONFIG [--resume] [--run-dir DIR] [--progress json|text|none] [--device auto|cpu|cuda|mps]
                  [--set KEY=VALUE ...]
     evaluate DATASET --out FILE [--model ID|RUN_DIR|WEIGHTS] [--labels acdc|mnms|mnms2|cinema]
-                 [--split all|train|val] [--device ...]
+                 [--split all|train|val] [--device ...] [--shift-passes N] [--orientation NAME]
     finetune --base ID [--store DIR] [--data DIR ...] [--epochs N] [--lr X] [--layers all|decoder]
                  [--run-dir DIR] [--model-id ID] [--config-only] [--progress ...] [--device ...]
 
@@ -160,7 +160,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     try:
         result = evaluate(args.dataset, model=args.model, labels=args.labels, device=args.device,
-                          split=args.split, progress=progress, shift_passes=args.shift_passes)
+                          split=args.split, progress=progress, shift_passes=args.shift_passes,
+                          orientation=args.orientation)
     except (EvaluationError, ValueError, OSError, RuntimeError) as exc:
         return _fail("evaluate", str(exc))
     out = write_json(args.out, result)
@@ -221,6 +222,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--shift-passes", type=int, metavar="N",
                    help="segmentation passes at shifted token-grid phases, averaged (default: the engine's, as "
                         "the app runs it; 1: a single pass)")
+    p.add_argument("--orientation", default="stored", metavar="NAME",
+                   help="store every slice another way first: rot90, rot180, rot270, flip_x, flip_y, transpose, "
+                        "antitranspose. Does the model depend on how a scanner wrote the images? (default: stored)")
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
     p.set_defaults(handler=cmd_evaluate)
 

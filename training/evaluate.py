@@ -30,6 +30,7 @@ import re
 import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -204,6 +205,36 @@ def load_eval_model(model: str, device: str = "cpu"):
     return registry_load(model, device)
 
 
+# in-plane orientations of a (..., y, x) array: how a scanner or converter may have stored the same slice
+ORIENTATIONS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+    "stored": lambda a: a,
+    "rot90": lambda a: np.rot90(a, 1, axes=(-2, -1)),
+    "rot180": lambda a: np.rot90(a, 2, axes=(-2, -1)),
+    "rot270": lambda a: np.rot90(a, 3, axes=(-2, -1)),
+    "flip_x": lambda a: a[..., ::-1],
+    "flip_y": lambda a: a[..., ::-1, :],
+    "transpose": lambda a: np.swapaxes(a, -1, -2),
+    "antitranspose": lambda a: np.rot90(np.swapaxes(a, -1, -2), 2, axes=(-2, -1)),
+}
+_SWAPS_AXES = ("rot90", "rot270", "transpose", "antitranspose")
+
+
+def reorient(rec: CaseRecord, orientation: str) -> CaseRecord:
+    """``rec`` with its image and labels stored in another in-plane orientation (:data:`ORIENTATIONS`),
+    the pixel spacing following its axes: the same heart as another scanner may have written it."""
+    if orientation not in ORIENTATIONS:
+        raise EvaluationError(f"orientation {orientation!r}: expected one of {', '.join(ORIENTATIONS)}")
+    if orientation == "stored":
+        return rec
+    if rec.landmarks:
+        raise EvaluationError("orientation: landmark targets are not reoriented; evaluate landmarks as stored")
+    op = ORIENTATIONS[orientation]
+    dz, dy, dx = rec.spacing
+    return replace(rec, image=np.ascontiguousarray(op(rec.image)),
+                   labels=None if rec.labels is None else np.ascontiguousarray(op(rec.labels)),
+                   spacing=(dz, dx, dy) if orientation in _SWAPS_AXES else (dz, dy, dx))
+
+
 def _study(rec: CaseRecord) -> CineStudy:
     return CineStudy(image=rec.image, spacing=(None, *rec.spacing), view=rec.view, source=rec.path,
                      ed_frame=rec.ed_frame, es_frame=rec.es_frame)
@@ -338,11 +369,12 @@ def aggregate(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
 def evaluate(dataset: str | Path, *, model: str | None = None, labels: str | None = None, device: str = "auto",
              split: str = "all", predict: Callable[[CaseRecord], np.ndarray] | None = None,
              progress: Callable[[int, int, str], None] | None = None,
-             shift_passes: int | None = None) -> dict[str, Any]:
+             shift_passes: int | None = None, orientation: str = "stored") -> dict[str, Any]:
     """Evaluate a model (registry id, run folder, weights file) or ``predict`` on a labelled dataset.
 
     ``shift_passes`` is the segmentation engine's setting (None: its default, as the app runs it; 1 for
-    single passes).
+    single passes). ``orientation`` stores every case's slices another way first (:data:`ORIENTATIONS`:
+    quarter turns, flips, transposes), to see whether the model depends on how the images were stored.
 
     Without ``model`` and ``predict``: a correction store is scored as its stored model output
     ('original') against the corrections ('final'); other datasets use the registry's default model
@@ -359,6 +391,7 @@ def evaluate(dataset: str | Path, *, model: str | None = None, labels: str | Non
     records = [r for r in records if r.labels is not None and r.labelled_frames]
     if not records:
         raise EvaluationError(f"{dataset}: no labelled cases")
+    records = [reorient(r, orientation) for r in records]
     model_info: dict[str, Any] = {}
     task = "segmentation"
     if predict is None:
@@ -388,7 +421,8 @@ def evaluate(dataset: str | Path, *, model: str | None = None, labels: str | Non
             if task == "segmentation":
                 predict = segment_with(loaded, device, shift_passes)
                 model_info["shift_passes"] = int(shift_passes)
-    result: dict[str, Any] = {"dataset": str(dataset), "layout": layout, "task": task, "model": model_info}
+    result: dict[str, Any] = {"dataset": str(dataset), "layout": layout, "task": task, "model": model_info,
+                              "orientation": orientation}
     rows: list[dict[str, Any]] = []
     if predict is not None:
         for k, rec in enumerate(records):
