@@ -229,11 +229,8 @@ def list_models(tasks: tuple[str, ...] | str = SEGMENTATION_TASKS, view: str | N
     from .model import registry
 
     tasks = (tasks,) if isinstance(tasks, str) else tuple(tasks)
-    rank = {"bundled": 0, "user": 1, "imported": 2, "published": 3}
     out = [m for m in registry.list_models(view=view) if m.task in tasks and (view is None or view in m.views)]
-    out.sort(key=lambda m: (not m.available, not m.card.get("default", False), rank.get(m.source, 9),
-                            m.id))
-    return out
+    return sorted(out, key=registry.preference)
 
 
 def default_model_id(tasks: tuple[str, ...] | str, view: str) -> str | None:

@@ -52,10 +52,12 @@ def test_every_default_task_has_a_bundled_model_that_loads():
 
 
 def _bundled(task: str, view: str) -> str:
-    ids = [i.id for i in registry.list_models(view=view, source="bundled") if i.task == task]
-    if not ids:
+    """The bundled model the app picks by default for a task and view."""
+    found = sorted((i for i in registry.list_models(view=view, source="bundled") if i.task == task),
+                   key=registry.preference)
+    if not found:
         pytest.fail(f"no bundled {task} model for {view}")
-    return ids[0]
+    return found[0].id
 
 
 @pytest.mark.parametrize("view", ["sax", "lax_4c"])
@@ -72,6 +74,29 @@ def test_bundled_segmentation_on_the_phantom(view, one_torch_thread):
         lv = result.voxel_counts(3).astype(float)  # EF is a ratio: voxel counts suffice
         ef = 100.0 * (lv.max() - lv.min()) / lv.max()
         assert abs(ef - truth["LVEF_pct"]) < 6.0, (ef, truth["LVEF_pct"])
+
+
+def test_any_orientation_model_segments_turned_and_mirrored_slices(one_torch_thread):
+    from dataclasses import replace
+
+    from napari_cinema.engine import run_segmentation
+    from napari_cinema.sample_data import phantom
+
+    any_orientation = "default-sax-seg-any-orientation"
+    assert registry.find_default("segmentation", "sax") == _bundled("segmentation", "sax") == "default-sax-seg"
+    assert registry.get_model_info(any_orientation).card["opt_in"]  # picked by hand, never preselected
+    study, _truth = phantom.make_phantom("sax", frames=6, seed=7)
+    assert study.image.shape[-1] == study.image.shape[-2]  # square slices: a quarter turn keeps the shape
+    model = registry.load_model(any_orientation)
+    turns = {"stored": lambda a: a, "mirrored": lambda a: a[..., ::-1], "quarter turn": lambda a: np.rot90(a, 1, (-2, -1)),
+             "half turn, mirrored": lambda a: np.rot90(a, 2, (-2, -1))[..., ::-1, :]}
+    for name, turn in turns.items():
+        turned = replace(study, image=np.ascontiguousarray(turn(study.image)),
+                         labels=np.ascontiguousarray(turn(study.labels)))
+        result = run_segmentation(turned, model, device="cpu")
+        for k, structure in ((1, "RV"), (2, "MYO"), (3, "LV")):
+            d = np.mean([_dice(result.labels[t], turned.labels[t], k) for t in range(turned.n_frames)])
+            assert d > 0.75, f"{name}: {structure} Dice {d:.3f}"
 
 
 @pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA GPU")

@@ -71,6 +71,15 @@ __all__ = [
 ]
 
 SOURCES = ("bundled", "published", "user", "imported")
+SOURCE_RANK = {"bundled": 0, "user": 1, "imported": 2, "published": 3}
+
+
+def preference(info: "ModelInfo") -> tuple:
+    """Sort key of the models for one task and view, the default first: available ones, a card with
+    ``default: true``, not ones whose card asks to be picked by hand (``opt_in``), bundled before user,
+    imported and published ones, seed 0 first."""
+    return (not info.available, not info.card.get("default", False), bool(info.card.get("opt_in")),
+            SOURCE_RANK.get(info.source, 9), info.seed or 0, info.id)
 WEIGHTS_NAME = "model.safetensors"
 CARD_JSON = "card.json"
 CARD_MD = "card.md"
@@ -395,11 +404,9 @@ class ModelRegistry:
         raise self._unknown(model_id, list(self._all()))
 
     def find_default(self, task: str = "segmentation", view: str = "sax") -> str | None:
-        """An available model for a task and view: bundled first (a card with ``default: true`` wins),
-        then user models, then cached published ones (seed 0 first). None when nothing is available."""
-        rank = {"bundled": 0, "user": 1, "imported": 2, "published": 3}
-        found = self.list_models(task=task, view=view, available=True)
-        found.sort(key=lambda i: (not i.card.get("default", False), rank.get(i.source, 9), i.seed or 0, i.id))
+        """The first available model for a task and view in :func:`preference` order. None when nothing is
+        available."""
+        found = sorted(self.list_models(task=task, view=view, available=True), key=preference)
         return found[0].id if found else None
 
     # ---- loading --------------------------------------------------------------------------------

@@ -423,11 +423,10 @@ class AnalysisWidget(QWidget):
 
     def models_for(self, role: str, view: str | None = None) -> list:
         view = view or self.view()
+        from napari_cinema.model.registry import preference
+
         tasks = ROLE_TASKS[role]
-        rank = {"bundled": 0, "user": 1, "imported": 2, "published": 3}
-        found = [m for m in self._models if m.task in tasks and view in m.views]
-        found.sort(key=lambda m: (not m.available, not m.card.get("default", False), rank.get(m.source, 9), m.id))
-        return found
+        return sorted((m for m in self._models if m.task in tasks and view in m.views), key=preference)
 
     @staticmethod
     def _item_text(info) -> str:
@@ -464,8 +463,11 @@ class AnalysisWidget(QWidget):
             if index < 0:
                 if role in ("segmentation", "landmarks"):
                     # the default: an available model (bundled first); never preselect a download for extras,
-                    # nor a model whose card asks to be chosen by hand (it fails on real cines)
-                    avail = [i for i in infos if i.available and (role == "segmentation" or not i.card.get("opt_in"))]
+                    # nor a model whose card asks to be chosen by hand (opt-in: it fails on real cines, or
+                    # serves a special case), unless a segmentation has no other
+                    avail = [i for i in infos if i.available and not i.card.get("opt_in")]
+                    if not avail and role == "segmentation":
+                        avail = [i for i in infos if i.available]
                     pick = avail[0].id if avail else (infos[0].id if infos and role == "segmentation" else None)
                     index = combo.findData(pick)
                 index = max(0, index)
