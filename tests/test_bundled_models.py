@@ -88,7 +88,8 @@ def test_any_orientation_model_segments_turned_and_mirrored_slices(one_torch_thr
     study, _truth = phantom.make_phantom("sax", frames=6, seed=7)
     assert study.image.shape[-1] == study.image.shape[-2]  # square slices: a quarter turn keeps the shape
     model = registry.load_model(any_orientation)
-    turns = {"stored": lambda a: a, "mirrored": lambda a: a[..., ::-1], "quarter turn": lambda a: np.rot90(a, 1, (-2, -1)),
+    turns = {"stored": lambda a: a, "mirrored": lambda a: a[..., ::-1],
+             "quarter turn": lambda a: np.rot90(a, 1, (-2, -1)),
              "half turn, mirrored": lambda a: np.rot90(a, 2, (-2, -1))[..., ::-1, :]}
     for name, turn in turns.items():
         turned = replace(study, image=np.ascontiguousarray(turn(study.image)),

@@ -66,11 +66,17 @@ __all__ = [
     "import_model",
     "list_models",
     "load_model",
+    "preference",
     "register_model",
     "user_models_dir",
 ]
 
 SOURCES = ("bundled", "published", "user", "imported")
+WEIGHTS_NAME = "model.safetensors"
+CARD_JSON = "card.json"
+CARD_MD = "card.md"
+_RUN_WEIGHTS = ("model.safetensors", "best.safetensors", "final.safetensors", "last.safetensors")
+_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)*$")
 SOURCE_RANK = {"bundled": 0, "user": 1, "imported": 2, "published": 3}
 
 
@@ -80,11 +86,6 @@ def preference(info: "ModelInfo") -> tuple:
     imported and published ones, seed 0 first."""
     return (not info.available, not info.card.get("default", False), bool(info.card.get("opt_in")),
             SOURCE_RANK.get(info.source, 9), info.seed or 0, info.id)
-WEIGHTS_NAME = "model.safetensors"
-CARD_JSON = "card.json"
-CARD_MD = "card.md"
-_RUN_WEIGHTS = ("model.safetensors", "best.safetensors", "final.safetensors", "last.safetensors")
-_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)*$")
 
 
 class RegistryError(ModelError):

@@ -422,9 +422,9 @@ class AnalysisWidget(QWidget):
         return bool(self._devices)
 
     def models_for(self, role: str, view: str | None = None) -> list:
-        view = view or self.view()
         from napari_cinema.model.registry import preference
 
+        view = view or self.view()
         tasks = ROLE_TASKS[role]
         return sorted((m for m in self._models if m.task in tasks and view in m.views), key=preference)
 
