@@ -128,6 +128,8 @@ def test_correction_store_scores_original_against_final(tmp_path: Path) -> None:
     assert res["layout"] == "store" and res["model"]["id"] == "m1" and res["n_cases"] == 1
     assert res["dice"]["LV"] == 1.0 and res["dice"]["RV"] < 1.0
     assert res["LVEF_mae_pct"] == 0.0 and res["RVEDV_mae_ml"] > 0
+    turned = evaluate(tmp_path / "store", orientation="rot90")  # the stored model output turns with its case
+    assert turned["dice"] == res["dice"] and turned["LVEF_mae_pct"] == 0.0
 
 
 def test_cli_with_a_model_file_and_run_folder(tmp_path: Path, phantom_pair: Path, capsys) -> None:

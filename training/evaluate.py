@@ -230,9 +230,12 @@ def reorient(rec: CaseRecord, orientation: str) -> CaseRecord:
         raise EvaluationError("orientation: landmark targets are not reoriented; evaluate landmarks as stored")
     op = ORIENTATIONS[orientation]
     dz, dy, dx = rec.spacing
+    targets = dict(rec.targets)
+    if targets.get("original_labels") is not None:  # a correction store's model output turns with its case
+        targets["original_labels"] = np.ascontiguousarray(op(targets["original_labels"]))
     return replace(rec, image=np.ascontiguousarray(op(rec.image)),
                    labels=None if rec.labels is None else np.ascontiguousarray(op(rec.labels)),
-                   spacing=(dz, dx, dy) if orientation in _SWAPS_AXES else (dz, dy, dx))
+                   spacing=(dz, dx, dy) if orientation in _SWAPS_AXES else (dz, dy, dx), targets=targets)
 
 
 def _study(rec: CaseRecord) -> CineStudy:
