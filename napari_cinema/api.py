@@ -505,13 +505,18 @@ def _landmark_rows(voxels: np.ndarray, landmark_names) -> tuple[np.ndarray, list
     return rows[keep], [n for n, ok in zip(names, keep) if ok]
 
 
-def landmark_rows_from_labels(study: CineStudy, labels: np.ndarray) -> tuple[np.ndarray, list[str]]:
-    """The landmarks read off 2-/4-chamber ``labels`` (t, z, y, x) as Points rows and names: the rule a
-    run applies when no landmark model runs (:func:`napari_cinema.engine.landmarks_from_segmentation`)."""
+def read_landmarks(study: CineStudy, labels: np.ndarray) -> np.ndarray:
+    """The landmarks (t, 3, 3) (z, y, x) read off 2-/4-chamber ``labels`` (t, z, y, x), NaN where a frame
+    shows no mitral opening: the rule a run applies when no landmark model runs
+    (:func:`napari_cinema.engine.landmarks_from_segmentation`)."""
     from .analysis.landmarks import landmarks_over_frames
 
     _, _, dy, dx = study.spacing
-    voxels, _missing = landmarks_over_frames(labels, study.view, (dy, dx))
+    return landmarks_over_frames(labels, study.view, (dy, dx))[0]
+
+
+def landmark_rows(voxels: np.ndarray) -> tuple[np.ndarray, list[str]]:
+    """Points rows (t, z, y, x) and names of landmarks (t, 3, 3) from :func:`read_landmarks`."""
     return _landmark_rows(voxels, LANDMARK_NAMES)
 
 
@@ -534,7 +539,7 @@ def landmarks_follow_labels(points_layer: Any) -> bool:
 
 def update_landmarks_from_labels(points_layer: Any, rows: np.ndarray, names: list[str]) -> bool:
     """Give a Points layer that :func:`landmarks_follow_labels` the landmarks read off the current labels
-    (``rows``, ``names`` from :func:`landmark_rows_from_labels`). Returns whether the points changed;
+    (``rows``, ``names`` from :func:`landmark_rows`). Returns whether the points changed;
     nothing happens to points moved by hand, or when the labels give the same points."""
     if not landmarks_follow_labels(points_layer):
         return False
@@ -781,18 +786,28 @@ def analysis_inputs(viewer: Any, labels_layer: Any, landmarks_layer: Any = "auto
 
 
 def compute_report(inputs: AnalysisInputs, ed: int | None = None, es: int | None = None, *,
-                   height_cm: float | None = None, weight_kg: float | None = None) -> "Report":
-    """:func:`napari_cinema.analysis.analyze_study` on gathered inputs (safe in a worker thread)."""
+                   height_cm: float | None = None, weight_kg: float | None = None,
+                   landmark_voxels: np.ndarray | None = None) -> "Report":
+    """:func:`napari_cinema.analysis.analyze_study` on gathered inputs (safe in a worker thread).
+
+    ``landmark_voxels``: the landmarks :func:`read_landmarks` read off ``inputs.labels``, for a caller
+    that also shows them (the analysis would otherwise read them again)."""
     from .analysis import analyze_study
+    from .analysis.landmarks import READ_OFF_LABELS
 
     n = inputs.study.n_frames
     for name, f in (("ED", ed), ("ES", es)):
         if f is not None and not 0 <= int(f) < n:
             raise ValueError(f"{name} frame {f} is outside 0..{n - 1}")
+    landmarks, source = inputs.landmarks, "given"
+    if landmark_voxels is not None and np.isfinite(landmark_voxels).all(axis=(1, 2)).any():
+        landmarks = {name: landmark_voxels[:, k] for k, name in enumerate(LANDMARK_NAMES)}
+        source = READ_OFF_LABELS
     return analyze_study(inputs.study, inputs.labels, model_info=inputs.model_info, height_cm=height_cm,
                          weight_kg=weight_kg, ed_frame=None if ed is None else int(ed),
-                         es_frame=None if es is None else int(es), landmarks=inputs.landmarks,
-                         probabilities=inputs.probabilities, ef_regression=inputs.ef_regression)
+                         es_frame=None if es is None else int(es), landmarks=landmarks,
+                         landmarks_source=source, probabilities=inputs.probabilities,
+                         ef_regression=inputs.ef_regression)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -263,6 +263,10 @@ def test_run_sax_labels_curves_marker_and_manual_ed_es(make_napari_viewer, qtbot
     assert analysis.labels_layer.metadata.get("edited") is True
     analysis.more_button.click()
     assert not analysis.extras.isHidden() and "3 shifted passes" in analysis.more_button.toolTip()
+    from napari_cinema.engine import DEFAULT_SHIFT_PASSES
+    from napari_cinema.widgets import analysis as analysis_module
+
+    assert analysis_module.SHIFT_PASSES == DEFAULT_SHIFT_PASSES  # what the dock says is what the engine does
     assert analysis.more_button.text().startswith("More") and "1 models" not in analysis.more_button.text()
     analysis.shift_check.setChecked(False)  # the fast single pass
     assert "1 pass" in analysis.more_button.toolTip()
@@ -547,7 +551,7 @@ def test_lax_run_without_a_landmark_model_reads_the_landmarks_off_the_segmentati
     n = function.analyses
     labels.data = edited
     report = wait_analysis(qtbot, function, n)
-    expected, names = api.landmark_rows_from_labels(study, edited)
+    expected, names = api.landmark_rows(api.read_landmarks(study, edited))
     np.testing.assert_allclose(points.data, expected)
     assert [str(v) for v in points.features["name"]] == names
     frame0 = points.data[:, 0] == 0

@@ -43,7 +43,7 @@ from ..io.writers import atomic_path
 from .aha import aha_wall_thickness
 from .coverage import coverage_warnings
 from .cycle import detect_ed_es, filling_rates, frame_times_ms, heart_rate
-from .landmarks import LANDMARK_NAMES, SEGMENTATION_LANDMARK_VIEWS, landmarks_over_frames, mapse
+from .landmarks import LANDMARK_NAMES, READ_OFF_LABELS, SEGMENTATION_LANDMARK_VIEWS, landmarks_over_frames, mapse
 from .measures import (
     MYO_DENSITY_G_PER_ML,
     body_size_problems,
@@ -104,8 +104,8 @@ def _study_info(study: CineStudy, frames: list[int]) -> dict[str, Any]:
 def analyze_study(study: CineStudy, labels: np.ndarray | None = None, *, model_info: Mapping[str, Any] | None = None,
                   height_cm: float | None = None, weight_kg: float | None = None, ed_frame: int | None = None,
                   es_frame: int | None = None, landmarks: Mapping[str, Any] | None = None,
-                  probabilities: Mapping[str, float] | None = None, ef_regression: Any = None,
-                  aha: bool = True, rate_lowpass: tuple[float, float] | None = None) -> Report:
+                  landmarks_source: str = "given", probabilities: Mapping[str, float] | None = None,
+                  ef_regression: Any = None, aha: bool = True, rate_lowpass: tuple[float, float] | None = None) -> Report:
     """Analyse one study's labels: volumes per frame, ED/ES, EF, mass, BSA and indexed values, heart
     rate and cardiac output, ejection/filling rates, MAPSE (with LAX ``landmarks``), AHA wall thickness,
     coverage checks and reference-range flags.
@@ -113,8 +113,9 @@ def analyze_study(study: CineStudy, labels: np.ndarray | None = None, *, model_i
     ``labels`` (t, z, y, x) default to ``study.labels``; a frame that is all background counts as not
     labelled (its volumes are null). ``height_cm``/``weight_kg`` override the patient data; ``ed_frame``/
     ``es_frame`` override the detection (max/min LV volume). ``landmarks`` maps ``mv_1``/``mv_2``/``apex``
-    to (z, y, x) points per frame. ``probabilities`` ({class: p}) and ``ef_regression`` (a number or a
-    dict) from models are carried into the report. Bad input never gives NaN: values that cannot be
+    to (z, y, x) points per frame (``landmarks_source`` says where they came from; without them, 2- and
+    4-chamber labels give their own, :data:`~.landmarks.READ_OFF_LABELS`). ``probabilities`` ({class: p})
+    and ``ef_regression`` (a number or a dict) from models are carried into the report. Bad input never gives NaN: values that cannot be
     computed are None with a reason in ``report.null_reasons``. Raises ValueError only when the labels
     do not fit the study (shape, unknown label values) or are missing.
     """
@@ -313,14 +314,14 @@ def analyze_study(study: CineStudy, labels: np.ndarray | None = None, *, model_i
 
     # -- landmarks: MAPSE --------------------------------------------------------------------------------
     if landmarks is not None or is_lax:
-        source = "given"
+        source = landmarks_source
         if landmarks is None and study.view in SEGMENTATION_LANDMARK_VIEWS and frames and not sp_problem:
             # none given: read the mitral hinges and apex off the labels (the engine does the same)
             _, _, dy, dx = study.spacing
             pts, missing = landmarks_over_frames(labels, study.view, (dy, dx))
             if len(missing) < n:
                 landmarks = {name: pts[:, k] for k, name in enumerate(LANDMARK_NAMES)}
-                source = "read off the labels (ends of the mitral opening, tip of the LV wall)"
+                source = READ_OFF_LABELS
         if landmarks is None:
             res = {k: None for k in ("MAPSE_mm", "MAPSE_mv_1_mm", "MAPSE_mv_2_mm", "LV_length_ED_mm",
                                      "LV_length_ES_mm", "LV_long_axis_shortening_pct")}

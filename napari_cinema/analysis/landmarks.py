@@ -20,6 +20,8 @@ import numpy as np
 LANDMARK_NAMES = ("mv_1", "mv_2", "apex")
 # views whose segmentation shows the mitral opening that :func:`landmarks_from_labels` reads
 SEGMENTATION_LANDMARK_VIEWS = ("lax_2c", "lax_4c")
+# the report's landmark source for points that :func:`landmarks_from_labels` read off the labels
+READ_OFF_LABELS = "read off the labels (ends of the mitral opening, tip of the LV wall)"
 
 
 def landmarks_array(points: Any, n_frames: int) -> np.ndarray:

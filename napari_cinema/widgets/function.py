@@ -82,9 +82,10 @@ def _analyze(inputs: api.AnalysisInputs, ed, es, height_cm, weight_kg, generatio
     (generation, inputs, 'error', exception). The landmark rows come with landmarks that follow the labels:
     read off the labels as they are now, for the Points layer."""
     try:
-        report = api.compute_report(inputs, ed, es, height_cm=height_cm, weight_kg=weight_kg)
-        points = api.landmark_rows_from_labels(inputs.study, inputs.labels) if inputs.landmarks_follow_labels else None
-        return generation, inputs, "ok", (report, points)
+        # landmarks that follow the labels are read once, for the analysis and for the Points layer
+        voxels = api.read_landmarks(inputs.study, inputs.labels) if inputs.landmarks_follow_labels else None
+        report = api.compute_report(inputs, ed, es, height_cm=height_cm, weight_kg=weight_kg, landmark_voxels=voxels)
+        return generation, inputs, "ok", (report, None if voxels is None else api.landmark_rows(voxels))
     except Exception as exc:
         return generation, inputs, "error", exc
 
