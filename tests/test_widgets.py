@@ -163,6 +163,52 @@ def test_manifest_declares_the_docks_and_a_submenu():
     assert {"napari/layers/segment", "napari/layers/measure"} <= set(manifest.contributions.menus)
 
 
+GUI_THREAD_IMPORTS = """
+import sys, threading
+
+importers = {}  # heavy package -> the thread that imported it first
+def audit(event, args):
+    if event == "import" and args[0] in ("torch", "monai") and args[0] not in importers:
+        importers[args[0]] = threading.current_thread().name
+sys.addaudithook(audit)
+
+import napari
+from qtpy.QtCore import QCoreApplication
+from napari.layers import Layer
+from napari_cinema import api
+from napari_cinema.sample_data.napari_samples import phantom_layers
+
+viewer = napari.Viewer(show=False)
+image = viewer.add_layer(Layer.create(*phantom_layers("sax", frames=4, matrix=64, pixel_mm=3.0)[0]))
+analysis, function = api.open_analysis_dock(viewer), api.open_function_dock(viewer)
+def wait(condition):
+    while not condition():
+        QCoreApplication.processEvents()
+wait(lambda: analysis.models_ready)
+done = []
+analysis.run_finished.connect(done.append)
+analysis.run()
+wait(lambda: done and not analysis.running)
+print(done[-1], importers.get("torch"), importers.get("monai"), threading.main_thread().name)
+viewer.close()
+"""
+
+
+def test_the_gui_thread_never_imports_torch(tmp_path):
+    """Importing torch takes seconds: the docks, their registry listing and a run leave it to workers (a
+    fresh process, where nothing has imported torch yet; the bundled default model on a small phantom)."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "gui_thread_imports.py"
+    script.write_text(GUI_THREAD_IMPORTS)
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and done.stdout.strip(), done.stdout + done.stderr
+    outcome, torch_by, monai_by, main = done.stdout.split()[-4:]
+    assert outcome == "ok", done.stdout + done.stderr
+    assert main not in (torch_by, monai_by), (torch_by, monai_by)
+
+
 # ------------------------------------------------------------------------------------------------
 # the main workflow on the short-axis phantom
 # ------------------------------------------------------------------------------------------------

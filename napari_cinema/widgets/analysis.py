@@ -92,7 +92,10 @@ def _load_registry() -> dict[str, Any]:
     devices = {"auto": describe_device(pick_device("auto"))}
     for name in available_devices():
         devices[name] = describe_device(pick_device(name))
-    found = {"models": registry.list_models(), "devices": devices, "offline": hub.hub_offline()}
+    # in preference order here: the dock only filters them (the registry module imports torch, which the
+    # GUI thread must not: seconds of frozen window)
+    found = {"models": sorted(registry.list_models(), key=registry.preference), "devices": devices,
+             "offline": hub.hub_offline()}
     _warm_up()  # once per session, while the dock says it reads the registry (Run waits for it anyway)
     return found
 
@@ -426,11 +429,10 @@ class AnalysisWidget(QWidget):
         return bool(self._devices)
 
     def models_for(self, role: str, view: str | None = None) -> list:
-        from napari_cinema.model.registry import preference
-
+        """The models for ``role`` and ``view``, the default first (the worker sorted them)."""
         view = view or self.view()
         tasks = ROLE_TASKS[role]
-        return sorted((m for m in self._models if m.task in tasks and view in m.views), key=preference)
+        return [m for m in self._models if m.task in tasks and view in m.views]
 
     @staticmethod
     def _item_text(info) -> str:
