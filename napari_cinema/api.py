@@ -631,10 +631,18 @@ def apply_results_steps(viewer: Any, image_layer: Any, results: CineResults):
         labels_layer = None
     if labels_layer is None:
         built = Labels(data, features=parts.features, **kwargs)
+        deferred = _hide_overlays(built)
         yield
-        if not _in_viewer(viewer, image_layer):
-            return None, None
-        labels_layer = viewer.add_layer(built)
+        try:
+            if not _in_viewer(viewer, image_layer):
+                return None, None
+            labels_layer = viewer.add_layer(built)
+            for overlay in deferred:  # napari builds each one's visual now, a turn of its own each
+                yield
+                overlay.visible = True
+        finally:  # also when the steps are abandoned: a layer never keeps its painting tools hidden
+            for overlay in deferred:
+                overlay.visible = True
     else:
         _align(labels_layer, image_layer)
         # metadata first: whoever listens to the data event reads the new provenance
@@ -667,6 +675,23 @@ def apply_results_steps(viewer: Any, image_layer: Any, results: CineResults):
         points_layer.features = {"name": names}
         points_layer.text = pkw["text"]
     return labels_layer, points_layer
+
+
+def _hide_overlays(layer: Any) -> list:
+    """Hide the overlays ``layer`` was made with visible (a Labels layer's painting tools: polygon and
+    brush stroke) and return them, to be shown again once the layer is in the viewer.
+
+    napari builds an overlay's vispy visual when its layer is added, or, for an overlay hidden then, when
+    it is first shown (napari's own lazy overlays). The two painting tools cost about 25 ms of the
+    insertion's event-loop turn here; shown one per later turn, that work gets turns of its own. The
+    overlays are private napari (``Layer._overlays``): without them nothing is deferred."""
+    overlays = getattr(layer, "_overlays", None)
+    if overlays is None:
+        return []
+    hidden = [overlay for overlay in overlays.values() if getattr(overlay, "visible", False)]
+    for overlay in hidden:
+        overlay.visible = False
+    return hidden
 
 
 # --------------------------------------------------------------------------------------------------

@@ -335,8 +335,9 @@ def test_run_sax_labels_curves_marker_and_manual_ed_es(make_napari_viewer, qtbot
 
 
 def test_results_reach_the_viewer_in_steps(make_napari_viewer, sax_phantom):
-    """apply_results_steps: the layer is built in one step and added in the next (the dock runs one step
-    per event-loop turn); an image removed between steps gets no layer; apply_results runs them all."""
+    """apply_results_steps: the layer is built in one step, added in the next, its painting tools shown in
+    the two after (the dock runs one step per event-loop turn, so napari's work on them gets turns of its
+    own); an image removed between steps gets no layer; apply_results runs them all."""
     from napari.layers import Labels
 
     from napari_cinema.engine.engine import SegmentationResult
@@ -356,8 +357,16 @@ def test_results_reach_the_viewer_in_steps(make_napari_viewer, sax_phantom):
     count = len(viewer.layers)
     next(steps)  # built, not added yet
     assert len(viewer.layers) == count and api.find_result_layer(viewer, image) is None
+    next(steps)  # added, its painting tools (polygon, brush stroke) hidden: napari has not built them yet
+    labels = api.find_result_layer(viewer, image)
+    tools = [labels._overlays["polygon"], labels._overlays["brush_stroke"]]
+    visuals = viewer.window._qt_viewer.canvas._layer_overlay_to_visual[labels]
+    assert not any(tool.visible or tool in visuals for tool in tools)
+    next(steps)  # one tool per turn
+    assert tools[0].visible and tools[0] in visuals and tools[1] not in visuals
     with pytest.raises(StopIteration) as done:
         next(steps)
+    assert all(tool.visible and tool in visuals for tool in tools)
     labels, points = done.value.value
     assert points is None and isinstance(labels, Labels) and same(api.find_result_layer(viewer, image), labels)
     assert labels.metadata["cinema_original"] is output
@@ -373,6 +382,15 @@ def test_results_reach_the_viewer_in_steps(make_napari_viewer, sax_phantom):
     with pytest.raises(StopIteration) as done:
         next(steps)
     assert done.value.value == (None, None) and api.find_result_layer(viewer, other) is None
+    # steps abandoned after the insertion (the dock closed): the layer's painting tools are shown all the same
+    other = add_layers(viewer, sax_phantom[:1])[0]
+    steps = api.apply_results_steps(viewer, other, results())
+    next(steps)
+    next(steps)
+    abandoned = api.find_result_layer(viewer, other)
+    assert not abandoned._overlays["polygon"].visible
+    steps.close()
+    assert abandoned._overlays["polygon"].visible and abandoned._overlays["brush_stroke"].visible
 
     # the scripting twin does everything at once (and makes the layer parts itself)
     third = add_layers(viewer, sax_phantom[:1])[0]
