@@ -194,18 +194,59 @@ viewer.close()
 """
 
 
-def test_the_gui_thread_never_imports_torch(tmp_path):
-    """Importing torch takes seconds: the docks, their registry listing and a run leave it to workers (a
-    fresh process, where nothing has imported torch yet; the bundled default model on a small phantom)."""
+CLOSE_MID_RUN = """
+import atexit, sys, time
+jobs = []  # what the run's job returned, recorded in its worker thread
+atexit.register(lambda: print("job", *jobs, flush=True))  # runs after napari-cinema's exit handler
+
+import napari
+from qtpy.QtCore import QCoreApplication
+from napari.layers import Layer
+from napari_cinema import api
+from napari_cinema.widgets import analysis as dock_module
+from napari_cinema.sample_data.napari_samples import phantom_layers
+
+job = dock_module._job
+dock_module._job = lambda *args: jobs.append(job(*args)[0]) or ("cancelled", None)
+viewer = napari.Viewer(show=False)
+image = viewer.add_layer(Layer.create(*phantom_layers("sax", frames=int(sys.argv[1]))[0]))
+analysis = api.open_analysis_dock(viewer)
+def wait(condition):
+    while not condition():
+        QCoreApplication.processEvents()
+wait(lambda: analysis.models_ready)
+analysis.run()
+wait(lambda: analysis.progress_bar.value() > 0)  # the first batch is done
+viewer.close()
+print("closed", flush=True)
+"""
+
+
+def run_script(tmp_path, text: str, *args: str) -> str:
+    """``text`` as a Python script in a fresh process (the same X display); its output, checked it exited 0."""
     import subprocess
     import sys
 
-    script = tmp_path / "gui_thread_imports.py"
-    script.write_text(GUI_THREAD_IMPORTS)
-    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
+    script = tmp_path / "script.py"
+    script.write_text(text)
+    done = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0 and done.stdout.strip(), done.stdout + done.stderr
-    outcome, torch_by, monai_by, main = done.stdout.split()[-4:]
-    assert outcome == "ok", done.stdout + done.stderr
+    return done.stdout
+
+
+def test_closing_napari_mid_run_stops_the_run_and_exits_cleanly(tmp_path):
+    """Closing the window quits napari's workers: the run stops at its next batch, and the process exits
+    normally (a worker still running when Python exits made PyQt abort it: exit code 134)."""
+    out = run_script(tmp_path, CLOSE_MID_RUN, "25")
+    assert out.split()[-3:] == ["closed", "job", "cancelled"], out
+
+
+def test_the_gui_thread_never_imports_torch(tmp_path):
+    """Importing torch takes seconds: the docks, their registry listing and a run leave it to workers (a
+    fresh process, where nothing has imported torch yet; the bundled default model on a small phantom)."""
+    out = run_script(tmp_path, GUI_THREAD_IMPORTS)
+    outcome, torch_by, monai_by, main = out.split()[-4:]
+    assert outcome == "ok", out
     assert main not in (torch_by, monai_by), (torch_by, monai_by)
 
 

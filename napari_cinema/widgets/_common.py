@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import traceback
 from typing import Any, Callable
 
@@ -21,13 +22,33 @@ LEVEL_COLORS = {"info": None, "ok": "#5fbf6f", "warning": "#e0a030", "error": "#
 NEXT_TURN_MS = 1
 
 
+EXIT_WAIT_MS = 30_000
+
+
+@atexit.register
+def _await_workers_at_exit() -> None:
+    """A worker thread still running when the interpreter finalizes emits into deleted Qt objects and
+    PyQt aborts the process (a script that closes its viewer mid-run; napari's own app waits for its
+    workers only when the application quits): ask every napari worker to quit (a run stops at its next
+    batch) and wait for them (a correction save finishes)."""
+    try:
+        from napari.qt.threading import WorkerBase
+
+        WorkerBase.await_workers(EXIT_WAIT_MS)  # what napari does when its application quits
+    except Exception:  # pragma: no cover - timed out, or Qt already torn down: nothing more to do
+        pass
+
+
 class ProgressBridge(QObject):
     """Emitted from a worker thread, delivered in the GUI thread (queued connection)."""
 
     progress = Signal(int, int, str)
 
     def __call__(self, done: int, total: int, message: str) -> None:
-        self.progress.emit(int(done), int(total), str(message))
+        try:
+            self.progress.emit(int(done), int(total), str(message))
+        except RuntimeError:  # the dock was deleted (napari closed): nobody to tell, the job goes on to stop
+            pass
 
 
 class StatusLabel(QLabel):

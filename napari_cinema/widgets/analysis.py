@@ -614,7 +614,11 @@ class AnalysisWidget(QWidget):
         self._cancel_reason = ""
         self._run_layer = layer
         make_study = _StudyMaker(layer, view)
-        cancel = self._cancel.is_set
+        flag, worker = self._cancel, None
+
+        def cancel() -> bool:  # Cancel, or napari quitting the worker (closing the window, quitting)
+            return flag.is_set() or (worker is not None and worker.abort_requested)
+
         device = self.device_combo.currentData() or "auto"
         passes = None if self.shift_check.isChecked() else 1  # None: the engine's default
         worker = create_worker(_job, make_study, model_ids, device, passes, self._bridge, cancel, _start_thread=False)
