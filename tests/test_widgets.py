@@ -271,8 +271,16 @@ def test_run_sax_labels_curves_marker_and_manual_ed_es(make_napari_viewer, qtbot
     analysis.set_model("test/tiny-sax-seg")
     progress = []
     analysis._bridge.progress.connect(lambda d, t, m: progress.append((d, t, m)))
+    held = []  # the result steps hold the window's repaint to the next turn, and only that long
+    analysis.run_finished.connect(lambda _: held.append(viewer.window._qt_window.updatesEnabled()))
     assert run_and_wait(qtbot, analysis) == "ok", analysis.status_text()
     assert any(d >= 1 and t == 8 for d, t, _ in progress)  # progress reached the GUI during the run
+    assert held == [True]
+    from napari_cinema.widgets._common import repaint_next_turn
+
+    repaint_next_turn(function)
+    assert not viewer.window._qt_window.updatesEnabled()
+    qtbot.waitUntil(viewer.window._qt_window.updatesEnabled, timeout=1000)
 
     labels = analysis.labels_layer
     assert labels is not None and labels in viewer.layers and labels.name == "phantom sax segmentation"

@@ -6,8 +6,8 @@ import atexit
 import traceback
 from typing import Any, Callable
 
-from qtpy.QtCore import QObject, Qt, Signal
-from qtpy.QtWidgets import QComboBox, QFrame, QLabel, QScrollArea, QSizePolicy, QVBoxLayout, QWidget
+from qtpy.QtCore import QObject, Qt, QTimer, Signal
+from qtpy.QtWidgets import QComboBox, QFrame, QLabel, QMainWindow, QScrollArea, QSizePolicy, QVBoxLayout, QWidget
 
 # Structure colours (the labels layer's fixed colours) for curves and legends.
 from napari_cinema.io.labels import LABEL_COLORS, LV, MYO, RV
@@ -37,6 +37,25 @@ def _await_workers_at_exit() -> None:
         WorkerBase.await_workers(EXIT_WAIT_MS)  # what napari does when its application quits
     except Exception:  # pragma: no cover - timed out, or Qt already torn down: nothing more to do
         pass
+
+
+def repaint_next_turn(widget: QWidget) -> None:
+    """Hold the repaint of ``widget``'s main window (napari's, also while a dock floats) until the next
+    event-loop turn. Work that changes the canvas and builds widgets at once (napari adding a layer) then
+    does not pay for repainting the whole window in the same turn: under software OpenGL that repaint
+    costs as much as the work, and the GUI answers input between the two."""
+    window = widget
+    while window is not None and not isinstance(window, QMainWindow):
+        window = window.parentWidget()
+    window = window or widget.window()
+    window.setUpdatesEnabled(False)
+
+    def resume() -> None:
+        try:
+            window.setUpdatesEnabled(True)
+        except RuntimeError:  # the window is gone
+            pass
+    QTimer.singleShot(0, resume)
 
 
 class ProgressBridge(QObject):

@@ -39,6 +39,7 @@ from ._common import (
     StatusLabel,
     notify,
     notify_exception,
+    repaint_next_turn,
     same_layer,
     scrolling,
     user_error_types,
@@ -701,6 +702,7 @@ class AnalysisWidget(QWidget):
 
     def _apply_step(self) -> None:
         """One step of showing the results (then the next one in the next event-loop turn)."""
+        repaint_next_turn(self)  # a step's own work in this turn, the window's repaint in the next
         try:
             next(self._steps)
         except StopIteration as done:
