@@ -268,7 +268,9 @@ class AnalysisWidget(QWidget):
         from .finetune import MODEL_EVENTS
 
         MODEL_EVENTS.registered.connect(self._on_model_registered)  # a fine-tuned model: list it
-        self.refresh_models()
+        # not before the dock is in the window: the worker's first torch import holds the GIL for long
+        # stretches, and napari adding the dock would wait on it (0.7 s of frozen window)
+        QTimer.singleShot(NEXT_TURN_MS, self.refresh_models)
 
     # -- widgets ----------------------------------------------------------------------------------
     def sizeHint(self) -> QSize:  # noqa: N802 - Qt
