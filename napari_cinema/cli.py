@@ -63,6 +63,11 @@ def _cmd_info(args: argparse.Namespace) -> int:
 def _cmd_view(args: argparse.Namespace) -> int:
     import napari
 
+    if not args.no_docks:
+        # the docks' registry worker imports torch anyway; here, before there is a window, its seconds of
+        # held GIL and garbage collection cannot stall the GUI
+        import torch  # noqa: F401
+
     viewer = napari.Viewer(title="napari-cinema")
     if args.sample:
         viewer.open_sample("napari-cinema", f"phantom_{args.sample}")
