@@ -20,6 +20,7 @@ Usage (a display is needed: run under Xvfb on a headless machine)::
     xvfb-run -a python bench/gui_responsiveness.py --image-only   # the cine alone, no truth labels layer
     xvfb-run -a python bench/gui_responsiveness.py --frames 30 --matrix 256   # a 30 x 10 x 256 x 256 cine
     xvfb-run -a python bench/gui_responsiveness.py --model default-sax-seg   # a registry model
+    xvfb-run -a python bench/gui_responsiveness.py --model default-sax-seg --torch-first   # as `view` starts
 
 Without ``--model`` the workload is a CineMA ConvUNetR at the published SAX geometry (3-D input
 192 x 192 x 16 at 1 x 1 x 10 mm, one volume per frame) with random weights and a slim decoder
@@ -27,7 +28,10 @@ Without ``--model`` the workload is a CineMA ConvUNetR at the published SAX geom
 its output is meaningless, its cost is that of a real run. The phantom is the full 10-slice SAX one,
 opened with its truth labels layer (so napari has made a labels layer before the results arrive);
 ``--image-only`` opens the cine alone, as a study without labels is (the results are then the first
-labels layer of the session).
+labels layer of the session). torch is imported before the window opens without ``--model`` (the
+workload is built with it) and with ``--torch-first``, as ``napari-cinema view`` does; with ``--model``
+alone the docks' registry worker imports it, as when the docks are opened in a napari started on its
+own (a one-time stall while the dock says it reads the registry).
 
 Under Xvfb, OpenGL is software-rendered (llvmpipe): every repaint of the window costs tens of ms of
 CPU, so the napari floor (the 'time slider' reference, no napari-cinema code) is printed alongside.
@@ -252,13 +256,17 @@ def main() -> None:
     parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's own choice)")
     parser.add_argument("--image-only", action="store_true",
                         help="open the cine without its truth labels layer (a study without labels)")
+    parser.add_argument("--torch-first", action="store_true",
+                        help="import torch before the window, as `napari-cinema view` does (default with --model: "
+                             "the docks' worker imports it, as in napari with the plugin's docks opened)")
     args = parser.parse_args()
-    if args.threads:
+    model_id = args.model or register_workload(args.size)  # the workload is made with torch
+    torch_first = args.torch_first or args.threads or not args.model
+    if torch_first:
         import torch
 
-        torch.set_num_threads(args.threads)
-
-    model_id = args.model or register_workload(args.size)
+        if args.threads:
+            torch.set_num_threads(args.threads)
 
     import napari
 
@@ -302,7 +310,8 @@ def main() -> None:
     shape = image.data.shape
     print(f"cine {shape[0]} frames x {shape[1]} slices x {shape[2]} x {shape[3]}"
           f"{' (image only)' if args.image_only else ' with its truth labels layer'}; model {model_id}; "
-          f"device {analysis.device_label.text()}; probe every {INTERVAL_MS} ms; load average "
+          f"device {analysis.device_label.text()}; torch imported "
+          f"{'before the window' if torch_first else 'by the docks worker'}; probe every {INTERVAL_MS} ms; load average "
           f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
     build, _p, _o, _n = docks.summary("building the docks")
     worker, _p, _o, _n = docks.summary("registry worker")
