@@ -818,16 +818,16 @@ def compute_report(inputs: AnalysisInputs, ed: int | None = None, es: int | None
     ``landmark_voxels``: the landmarks :func:`read_landmarks` read off ``inputs.labels``, for a caller
     that also shows them (the analysis would otherwise read them again)."""
     from .analysis import analyze_study
-    from .analysis.landmarks import READ_OFF_LABELS
+    from .analysis.landmarks import READ_OFF_LABELS, landmarks_by_name
 
     n = inputs.study.n_frames
     for name, f in (("ED", ed), ("ES", es)):
         if f is not None and not 0 <= int(f) < n:
             raise ValueError(f"{name} frame {f} is outside 0..{n - 1}")
     landmarks, source = inputs.landmarks, "given"
-    if landmark_voxels is not None and np.isfinite(landmark_voxels).all(axis=(1, 2)).any():
-        landmarks = {name: landmark_voxels[:, k] for k, name in enumerate(LANDMARK_NAMES)}
-        source = READ_OFF_LABELS
+    read = None if landmark_voxels is None else landmarks_by_name(landmark_voxels)
+    if read is not None:
+        landmarks, source = read, READ_OFF_LABELS
     return analyze_study(inputs.study, inputs.labels, model_info=inputs.model_info, height_cm=height_cm,
                          weight_kg=weight_kg, ed_frame=None if ed is None else int(ed),
                          es_frame=None if es is None else int(es), landmarks=landmarks,

@@ -43,7 +43,7 @@ from ..io.writers import atomic_path
 from .aha import aha_wall_thickness
 from .coverage import coverage_warnings
 from .cycle import detect_ed_es, filling_rates, frame_times_ms, heart_rate
-from .landmarks import LANDMARK_NAMES, READ_OFF_LABELS, SEGMENTATION_LANDMARK_VIEWS, landmarks_over_frames, mapse
+from .landmarks import READ_OFF_LABELS, SEGMENTATION_LANDMARK_VIEWS, landmarks_by_name, landmarks_over_frames, mapse
 from .measures import (
     MYO_DENSITY_G_PER_ML,
     body_size_problems,
@@ -318,9 +318,8 @@ def analyze_study(study: CineStudy, labels: np.ndarray | None = None, *, model_i
         if landmarks is None and study.view in SEGMENTATION_LANDMARK_VIEWS and frames and not sp_problem:
             # none given: read the mitral hinges and apex off the labels (the engine does the same)
             _, _, dy, dx = study.spacing
-            pts, missing = landmarks_over_frames(labels, study.view, (dy, dx))
-            if len(missing) < n:
-                landmarks = {name: pts[:, k] for k, name in enumerate(LANDMARK_NAMES)}
+            landmarks = landmarks_by_name(landmarks_over_frames(labels, study.view, (dy, dx))[0])
+            if landmarks is not None:
                 source = READ_OFF_LABELS
         if landmarks is None:
             res = {k: None for k in ("MAPSE_mm", "MAPSE_mv_1_mm", "MAPSE_mv_2_mm", "LV_length_ED_mm",

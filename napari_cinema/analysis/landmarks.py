@@ -178,3 +178,12 @@ def landmarks_over_frames(labels_tzyx: np.ndarray, view: str, spacing_yx: tuple[
         if found is not None:
             out[t] = [(slice_index, *found[name]) for name in LANDMARK_NAMES]
     return out, [t for t in range(labels.shape[0]) if np.isnan(out[t]).any()]
+
+
+def landmarks_by_name(voxels: np.ndarray) -> dict[str, np.ndarray] | None:
+    """{name: (t, 3) points} of landmarks (t, 3, 3) in :data:`LANDMARK_NAMES` order, as :func:`mapse`
+    takes them; None when no frame has all three (nothing to measure)."""
+    voxels = np.asarray(voxels, dtype=float)
+    if not np.isfinite(voxels).all(axis=(1, 2)).any():
+        return None
+    return {name: voxels[:, k] for k, name in enumerate(LANDMARK_NAMES)}
